@@ -1,0 +1,1 @@
+"""Model to hardware: ONNX import, IR, quantizer, command line."""

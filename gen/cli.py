@@ -1,0 +1,309 @@
+"""The ``hoarfrost`` command line.
+
+Every mistake a user can make (missing or bad file, unsupported op, wrong shape, bad option)
+ends in one line ``hoarfrost: error: ...`` on stderr and exit status 2, with nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from hoarfrost import __version__
+from hoarfrost.gen.errors import HoarfrostError
+from hoarfrost.gen.ir import Graph, macs, params
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (and still exit status 2)."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --- shared input handling -------------------------------------------------------------------
+
+def load_model(path: str) -> Graph:
+    from hoarfrost.gen.onnx_import import import_onnx
+    return import_onnx(path)
+
+
+def load_npy(path: str, option: str) -> np.ndarray:
+    p = Path(path)
+    if not p.is_file():
+        raise HoarfrostError(f"{option} {path!r}: no such file")
+    try:
+        return np.load(p, allow_pickle=False)
+    except Exception as exc:
+        raise HoarfrostError(f"{option} {path!r} is not a numpy .npy array "
+                             f"({str(exc).splitlines()[0][:120]})") from None
+
+
+def check_inputs(graph: Graph, x: np.ndarray, option: str) -> np.ndarray:
+    """A batch of model inputs: float (quantized on the way in) or, for a quantized model,
+    int8 already quantized. A single sample without the batch axis is accepted too."""
+    sample = tuple(graph.shapes[graph.input])
+    allowed = (np.float16, np.float32, np.float64) + ((np.int8,) if graph.is_quantized else ())
+    if x.dtype.type not in allowed:
+        names = ", ".join(np.dtype(t).name for t in allowed)
+        raise HoarfrostError(f"{option}: dtype {x.dtype} is not supported (expected {names})")
+    if x.shape == sample:
+        x = x[None]
+    if x.shape[1:] != sample or x.shape[0] == 0:
+        raise HoarfrostError(f"{option}: shape {x.shape} does not fit input {graph.input!r} "
+                             f"(expected (N, {', '.join(map(str, sample))}))")
+    if x.dtype != np.int8 and not np.isfinite(x).all():
+        raise HoarfrostError(f"{option}: contains NaN or infinite values")
+    return x if x.dtype == np.int8 else x.astype(np.float32)
+
+
+def check_labels(y: np.ndarray, count: int) -> np.ndarray:
+    if y.dtype.kind not in "iu" or y.ndim != 1:
+        raise HoarfrostError(f"--labels: expected a 1-D integer array, got {y.dtype} {y.shape}")
+    if len(y) != count:
+        raise HoarfrostError(f"--labels: {len(y)} labels for {count} inputs")
+    return y
+
+
+def emit(args, summary: dict, text: str) -> None:
+    print(json.dumps(summary) if getattr(args, "json", False) else text)
+
+
+def _percent(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+# --- inspect ---------------------------------------------------------------------------------
+
+def layer_rows(graph: Graph) -> list[dict]:
+    rows = []
+    for layer in graph.layers:
+        weight = getattr(layer, "weight", None)
+        rows.append({
+            "name": layer.name,
+            "op": layer.op,
+            "inputs": [list(graph.shapes[t]) for t in layer.inputs],
+            "output": list(graph.shapes[layer.output]),
+            "macs": macs(layer, graph.shapes),
+            "params": params(layer),
+            "weight_sparsity": None if weight is None else float(np.mean(weight == 0)),
+            "weight_bits": getattr(layer, "weight_bits", None),
+            "activation": _activation_name(getattr(layer, "clip", None)),
+        })
+    return rows
+
+
+def _activation_name(clip) -> str | None:
+    if clip is None:
+        return None
+    lo, hi = clip
+    if lo == -np.inf and hi == np.inf:
+        return None
+    if lo == 0 and hi == np.inf:
+        return "relu"
+    if lo == 0 and hi == 6:
+        return "relu6"
+    return f"clip({lo:g},{hi:g})"
+
+
+def cmd_inspect(args) -> int:
+    graph = load_model(args.model)
+    rows = layer_rows(graph)
+    total_macs = sum(r["macs"] for r in rows)
+    total_params = sum(r["params"] for r in rows)
+    weights = [getattr(l, "weight") for l in graph.layers if getattr(l, "weight", None) is not None]
+    zeros = sum(int((w == 0).sum()) for w in weights)
+    size = sum(int(w.size) for w in weights)
+    summary = {"model": args.model, "name": graph.name, "quantized": graph.is_quantized,
+               "input": {"name": graph.input, "shape": list(graph.shapes[graph.input])},
+               "output": {"name": graph.output, "shape": list(graph.shapes[graph.output])},
+               "layers": rows, "macs": total_macs, "params": total_params,
+               "weight_sparsity": zeros / size if size else 0.0}
+    lines = [f"{args.model}: {'quantized (QDQ)' if graph.is_quantized else 'float'} model "
+             f"{graph.name!r}, input {graph.input!r} {tuple(graph.shapes[graph.input])}",
+             f"{'layer':<28} {'op':<8} {'output':<14} {'MACs':>8} {'params':>7} {'zero w':>7}  act"]
+    for r in rows:
+        sparsity = "" if r["weight_sparsity"] is None else _percent(r["weight_sparsity"])
+        lines.append(f"{r['name'][:28]:<28} {r['op']:<8} {str(tuple(r['output'])):<14} "
+                     f"{r['macs']:>8} {r['params']:>7} {sparsity:>7}  {r['activation'] or ''}")
+    lines.append(f"total: {total_macs} MACs, {total_params} parameters, "
+                 f"{_percent(summary['weight_sparsity'])} of weights zero")
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+# --- quantize --------------------------------------------------------------------------------
+
+def _quantized(args, graph: Graph) -> Graph:
+    from hoarfrost.gen.quantize import quantize
+    calib = check_inputs(graph, load_npy(args.calib, "--calib"), "--calib")
+    if calib.dtype == np.int8:
+        raise HoarfrostError("--calib: calibration data must be float")
+    return quantize(graph, calib, args.weight_bits)
+
+
+def cmd_quantize(args) -> int:
+    from hoarfrost.gen.qdq import save_qdq
+    out = Path(args.output)
+    if not out.parent.is_dir():
+        raise HoarfrostError(f"-o {args.output!r}: directory {str(out.parent)!r} does not exist")
+    graph = load_model(args.model)
+    qgraph = _quantized(args, graph)
+    save_qdq(qgraph, out)
+    rows = [{"name": l.name, "op": l.op, "weight_bits": getattr(l, "weight_bits", None),
+             "output_scale": qgraph.quant[l.output].scale,
+             "output_zero_point": qgraph.quant[l.output].zero_point} for l in qgraph.layers]
+    qin = qgraph.quant[qgraph.input]
+    summary = {"model": args.model, "output": str(out), "weight_bits": args.weight_bits,
+               "input_scale": qin.scale, "input_zero_point": qin.zero_point, "layers": rows}
+    lines = [f"{'layer':<28} {'op':<8} {'w bits':>6} {'out scale':>11} {'zp':>5}"]
+    lines += [f"{r['name'][:28]:<28} {r['op']:<8} {r['weight_bits'] or '':>6} "
+              f"{r['output_scale']:>11.6f} {r['output_zero_point']:>5}" for r in rows]
+    lines.append(f"wrote {out} ({args.weight_bits}-bit weights, int8 activations, QDQ format)")
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+# --- predict ---------------------------------------------------------------------------------
+
+def _onnxruntime_outputs(model_bytes: bytes, input_name: str, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+    return session.run(None, {input_name: x.astype(np.float32)})[0]
+
+
+def cmd_predict(args) -> int:
+    from hoarfrost.sim.golden import run_float, run_int
+    graph = load_model(args.model)
+    if args.calib:
+        graph = _quantized(args, graph)
+    x = check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")
+    labels = check_labels(load_npy(args.labels, "--labels"), len(x)) if args.labels else None
+    if graph.is_quantized:
+        out = run_int(graph, x)
+        qout = graph.quant[graph.output]
+        output = {"values": out.tolist(), "dtype": "int8", "scale": qout.scale,
+                  "zero_point": qout.zero_point, "shape": list(out.shape)}
+        mode = f"integer golden model"
+    else:
+        out = run_float(graph, x).astype(np.float32)
+        output = {"values": out.tolist(), "dtype": "float32", "shape": list(out.shape)}
+        mode = "float model (float reference; quantize it for the integer golden model)"
+    predicted = out.reshape(len(x), -1).argmax(axis=1)
+    summary = {"model": args.model, "mode": "int8" if graph.is_quantized else "float",
+               "inputs": int(len(x)), "predicted": predicted.tolist(), "output": output}
+    lines = [f"{args.model}: {mode}, {len(x)} inputs"]
+    if labels is not None:
+        correct = int((predicted == labels).sum())
+        summary["accuracy"] = correct / len(x)
+        lines.append(f"accuracy {_percent(correct / len(x))} ({correct}/{len(x)})")
+    else:
+        shown = ", ".join(map(str, predicted[:20])) + (" ..." if len(x) > 20 else "")
+        lines.append(f"predicted classes: {shown}")
+    if args.check_onnxruntime:
+        summary["onnxruntime"] = _compare_onnxruntime(args, graph, x, out, predicted)
+        c = summary["onnxruntime"]
+        lines.append(f"onnxruntime on the same model: argmax agrees on {c['argmax_agree']}/"
+                     f"{len(x)} inputs, largest difference {c['max_diff']:g}"
+                     f"{' LSB' if graph.is_quantized else ''}")
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+def _compare_onnxruntime(args, graph, x, out, predicted) -> dict:
+    """Run the model in onnxruntime (the independent reference) and compare with ours."""
+    if args.calib:
+        from hoarfrost.gen.qdq import to_qdq
+        model_bytes = to_qdq(graph).SerializeToString()
+    else:
+        model_bytes = Path(args.model).read_bytes()
+    xf = graph.quant[graph.input].dequantize(x) if x.dtype == np.int8 else x
+    ref = _onnxruntime_outputs(model_bytes, graph.input, xf)
+    if graph.is_quantized:
+        qout = graph.quant[graph.output]
+        ref = np.rint(ref / qout.scale) + qout.zero_point      # back to the int8 codes
+    diff = np.abs(ref.astype(np.float64) - out.astype(np.float64))
+    agree = int((ref.reshape(len(x), -1).argmax(axis=1) == predicted).sum())
+    return {"argmax_agree": agree, "max_diff": float(diff.max())}
+
+
+# --- parser ----------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="hoarfrost", description=(
+        "Turn a trained ONNX network into a bit-exact, synthesizable DNN accelerator. "
+        "Bad input ends in one error line and exit status 2."))
+    parser.add_argument("--version", action="version", version=f"hoarfrost {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    p = sub.add_parser("inspect", help="layers, shapes, MACs, parameters, sparsity",
+                       description="Import MODEL (float or QDQ ONNX) and list its layers with "
+                                   "shapes, multiply-accumulates, parameters and weight sparsity.")
+    p.add_argument("model", metavar="MODEL", help="an .onnx file")
+    p.add_argument("--json", action="store_true", help="print one JSON summary instead")
+    p.set_defaults(func=cmd_inspect)
+
+    def quant_options(p, required):
+        p.add_argument("--calib", metavar="X.npy", required=required,
+                       help="calibration inputs, float (N, *input shape), e.g. a few hundred "
+                            "training samples")
+        p.add_argument("--weight-bits", type=int, default=8, metavar="8|4|2",
+                       help="weight precision, symmetric per output channel (default 8)")
+
+    p = sub.add_parser("quantize", help="post-training quantization to a QDQ model",
+                       description="Quantize a float MODEL from calibration data: int8 "
+                                   "activations per tensor (asymmetric), weights per output "
+                                   "channel at 8, 4 or 2 bits, int32 biases. Writes a QDQ ONNX "
+                                   "model that onnxruntime and hoarfrost both run.")
+    p.add_argument("model", metavar="MODEL", help="a float .onnx file")
+    quant_options(p, required=True)
+    p.add_argument("-o", "--output", required=True, metavar="Q.onnx", help="QDQ model to write")
+    p.add_argument("--json", action="store_true", help="print one JSON summary")
+    p.set_defaults(func=cmd_quantize)
+
+    p = sub.add_parser("predict", help="golden-model outputs for a batch of inputs",
+                       description="Run MODEL on a batch of inputs. A quantized (QDQ) model runs "
+                                   "in the integer golden model, whose outputs are the bits the "
+                                   "accelerator must produce; a float model runs in float, or is "
+                                   "quantized first when --calib is given.")
+    p.add_argument("model", metavar="MODEL", help="an .onnx file (float or QDQ)")
+    p.add_argument("--inputs", required=True, metavar="X.npy",
+                   help="inputs (N, *input shape), float; int8 for a quantized model means "
+                        "already quantized")
+    p.add_argument("--labels", metavar="Y.npy", help="integer labels (N,): report accuracy")
+    quant_options(p, required=False)
+    p.add_argument("--check-onnxruntime", action="store_true",
+                   help="also run the model in onnxruntime and report the agreement")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary (inputs, predicted, output values, scale, "
+                        "zero point, accuracy)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "weight_bits", 8) not in (8, 4, 2):
+        print(f"hoarfrost: error: --weight-bits must be 8, 4 or 2, not {args.weight_bits}",
+              file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return args.func(args)
+    except HoarfrostError as exc:
+        print(f"hoarfrost: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:            # e.g. piped into head: not an error of ours
+        sys.stderr.close()
+        return 0
+    except KeyboardInterrupt:
+        print("hoarfrost: interrupted", file=sys.stderr)
+        return 130

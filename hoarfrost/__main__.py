@@ -1,0 +1,3 @@
+from hoarfrost.gen.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""Amaranth gateware: one block per file, each a ``wiring.Component``."""

@@ -1,0 +1,1 @@
+"""Integer golden model, Verilator runner and cocotb testbenches."""
