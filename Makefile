@@ -14,8 +14,21 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+EX := examples
+DIGITS := --inputs $(EX)/digits_test_x.npy --labels $(EX)/digits_test_y.npy
+
+# The main job on the bundled example: look at the CNN, measure its float accuracy, quantize it
+# (8 and 4-bit weights) and run the integer golden model against onnxruntime on the test split.
 demo: $(STAMP)
-	$(BIN)/python -m hoarfrost.demo
+	@mkdir -p out
+	$(BIN)/hoarfrost inspect $(EX)/digits_cnn.onnx
+	$(BIN)/hoarfrost predict $(EX)/digits_cnn.onnx $(DIGITS)
+	$(BIN)/hoarfrost quantize $(EX)/digits_cnn.onnx --calib $(EX)/digits_calib.npy -o out/digits_cnn_q8.onnx
+	$(BIN)/hoarfrost predict out/digits_cnn_q8.onnx $(DIGITS) --check-onnxruntime
+	$(BIN)/hoarfrost quantize $(EX)/digits_cnn.onnx --calib $(EX)/digits_calib.npy --weight-bits 4 -o out/digits_cnn_q4.onnx
+	$(BIN)/hoarfrost predict out/digits_cnn_q4.onnx $(DIGITS) --check-onnxruntime
+	$(BIN)/hoarfrost inspect $(EX)/digits_mlp.onnx
+	$(BIN)/hoarfrost predict $(EX)/digits_mlp.onnx $(DIGITS) --calib $(EX)/digits_calib.npy --check-onnxruntime
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q
@@ -24,4 +37,4 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -n 2 -q -m "not cosim"
 
 clean:
-	rm -rf $(VENV) .cache build *.egg-info
+	rm -rf $(VENV) .cache build out *.egg-info

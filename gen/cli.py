@@ -235,6 +235,28 @@ def _compare_onnxruntime(args, graph, x, out, predicted) -> dict:
     return {"argmax_agree": agree, "max_diff": float(diff.max())}
 
 
+# --- bench ---------------------------------------------------------------------------------
+
+#: ``hoarfrost bench KIND`` runs ``hoarfrost.gen.bench_<kind>``: each module defines
+#: ``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> (summary, text)``.
+BENCHES = ("gemm", "sparse", "freeze", "dram")
+
+
+def _bench_modules():
+    import importlib
+    import importlib.util
+    for kind in BENCHES:
+        name = f"hoarfrost.gen.bench_{kind}"
+        if importlib.util.find_spec(name) is not None:
+            yield kind, importlib.import_module(name)
+
+
+def cmd_bench(args) -> int:
+    summary, text = args.bench_module.run(args)
+    emit(args, summary, text)
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--calib", metavar="X.npy", required=required,
                        help="calibration inputs, float (N, *input shape), e.g. a few hundred "
                             "training samples")
-        p.add_argument("--weight-bits", type=int, default=8, metavar="8|4|2",
+        p.add_argument("--weight-bits", type=int, default=8, choices=(8, 4, 2), metavar="8|4|2",
                        help="weight precision, symmetric per output channel (default 8)")
 
     p = sub.add_parser("quantize", help="post-training quantization to a QDQ model",
@@ -287,15 +309,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON summary (inputs, predicted, output values, scale, "
                         "zero point, accuracy)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="micro-benchmarks of the hardware blocks in simulation",
+                       description="Run one hardware block in Verilator on a synthetic workload "
+                                   "and print measured against ideal and predicted figures.")
+    kinds = p.add_subparsers(dest="kind", metavar="KIND", parser_class=_Parser)
+    kinds.required = True
+    for kind, module in _bench_modules():
+        k = kinds.add_parser(kind, help=module.HELP, description=module.HELP)
+        module.add_arguments(k)
+        k.add_argument("--json", action="store_true", help="print one JSON summary")
+        k.set_defaults(func=cmd_bench, bench_module=module)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if getattr(args, "weight_bits", 8) not in (8, 4, 2):
-        print(f"hoarfrost: error: --weight-bits must be 8, 4 or 2, not {args.weight_bits}",
-              file=sys.stderr)
-        return EXIT_USAGE
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:          # usage errors, --help, --version
+        return exc.code
     try:
         return args.func(args)
     except HoarfrostError as exc:

@@ -104,6 +104,11 @@ def quantize(graph: Graph, calib: np.ndarray, weight_bits: int = 8) -> Graph:
 def qdq_complete(graph: Graph, quant: dict[str, QParams]) -> dict[str, QParams]:
     """Fill in the quantization a QDQ model leaves implicit, or name what is missing."""
     quant = dict(quant)
+    # quantize_static leaves e.g. a leading Flatten unquantized: its input then takes the
+    # quantization of its output, which is exact since the op moves values unchanged.
+    for layer in reversed(graph.layers):
+        if isinstance(layer, (Reshape, MaxPool2d)) and layer.output in quant:
+            quant.setdefault(layer.inputs[0], quant[layer.output])
     if graph.input not in quant:
         raise HoarfrostError(f"QDQ model: input {graph.input!r} is not quantized "
                              f"(no QuantizeLinear after it)")
