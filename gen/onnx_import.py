@@ -300,22 +300,22 @@ class _Importer:
                 if len(node.input) > 2 and node.input[2] else np.zeros(w.shape[0]))
         layer = Conv2d(name, [x], node.output[0], weight=w, bias=bias, stride=stride, pads=pads,
                        dilation=dilation, groups=groups)
-        self._attach_int_weights(layer, node, name)
+        self._attach_int_weights(layer, node, name, out_axis=0)
         self.add_layer(layer)
 
-    def _attach_int_weights(self, layer, node, name):
-        """In a QDQ model, keep the integer weights and bias and the per-channel scales."""
+    def _attach_int_weights(self, layer, node, name, out_axis):
+        """In a QDQ model, keep the integer weights and bias and the per-channel scales.
+
+        ``out_axis`` is the output-channel axis of the stored weight (1 for a MatMul's or an
+        untransposed Gemm's ``(in, out)`` matrix)."""
         if not self.is_qdq:
             return
         w_name = node.input[1]
         if w_name not in self.int_consts:
             self.fail(name, node.op_type, "weights are float in a QDQ model (no DequantizeLinear)")
         q, scale, axis = self.int_consts[w_name]
-        out_axis = 0
-        if isinstance(layer, Dense):
-            transposed = getattr(self, "_dense_transposed", False)
-            out_axis = 0 if transposed else 1
-            q = q.T if not transposed else q
+        if out_axis == 1:
+            q = q.T
         if scale.ndim and axis != out_axis:
             self.fail(name, node.op_type, "weight scales must be per output channel")
         channels = q.shape[0]
@@ -340,20 +340,20 @@ class _Importer:
             self.fail(name, "Gemm", "transA=1 is not supported")
         x = self.act_input(node, name)
         b = self.const(node.input[1], name, "Gemm", "B").astype(np.float64)
-        self._dense_transposed = bool(a.get("transB", 0))
-        w = (b if self._dense_transposed else b.T) * a.get("alpha", 1.0)
+        transposed = bool(a.get("transB", 0))
+        w = (b if transposed else b.T) * a.get("alpha", 1.0)
         bias = np.zeros(w.shape[0])
         if len(node.input) > 2 and node.input[2]:
             c = self.const(node.input[2], name, "Gemm", "C").astype(np.float64) * a.get("beta", 1.0)
             bias = self._per_channel(c, w.shape[0], name, "Gemm")
-        self._add_dense(node, name, x, w, bias)
+        self._add_dense(node, name, x, w, bias, out_axis=0 if transposed else 1)
 
-    def _add_dense(self, node, name, x, w, bias):
+    def _add_dense(self, node, name, x, w, bias, out_axis):
         if len(self.shape_of(x, name, node.op_type)) != 1:
             self.fail(name, node.op_type, f"input {x!r} has per-sample shape "
                       f"{self.shape_of(x, name, node.op_type)}; flatten it to (batch, features) first")
         layer = Dense(name, [x], node.output[0], weight=w, bias=bias)
-        self._attach_int_weights(layer, node, name)
+        self._attach_int_weights(layer, node, name, out_axis)
         self.add_layer(layer)
 
     def _op_MatMul(self, node, name):
@@ -361,8 +361,7 @@ class _Importer:
         b = self.const(node.input[1], name, "MatMul", "B").astype(np.float64)
         if b.ndim != 2:
             self.fail(name, "MatMul", "only (batch, in) x (in, out) products are supported")
-        self._dense_transposed = False
-        self._add_dense(node, name, x, b.T, np.zeros(b.shape[1]))
+        self._add_dense(node, name, x, b.T, np.zeros(b.shape[1]), out_axis=1)
 
     def _per_channel(self, c, channels, name, op):
         c = np.asarray(c, dtype=np.float64)

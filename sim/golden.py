@@ -38,10 +38,12 @@ def pooled_size(size: int, kernel: int, stride: int, pad_lo: int, pad_hi: int,
     return out
 
 
-def _windows(x: np.ndarray, kernel, stride, pads, dilation, pad_value, ceil_mode=False):
-    """Sliding windows of ``x`` (N, C, H, W) -> (N, C, OH, OW, KH, KW), padded with ``pad_value``.
+def _windows(x: np.ndarray, kernel, stride, pads, dilation, pad_value, ceil_mode=False,
+             ceil_pad_value=None):
+    """Sliding windows of ``x`` (N, C, H, W) -> (N, C, OH, OW, KH, KW).
 
-    Extra bottom/right padding needed by ``ceil_mode`` is filled with ``pad_value`` too.
+    The explicit ``pads`` hold ``pad_value``; the extra bottom/right room that ``ceil_mode``
+    needs holds ``ceil_pad_value`` (default: the same).
     """
     n, c, h, w = x.shape
     (kh, kw), (sh, sw), (dh, dw) = kernel, stride, dilation
@@ -50,13 +52,14 @@ def _windows(x: np.ndarray, kernel, stride, pads, dilation, pad_value, ceil_mode
     ow = pooled_size(w, kw, sw, left, right, dw, ceil_mode)
     need_h = (oh - 1) * sh + dh * (kh - 1) + 1
     need_w = (ow - 1) * sw + dw * (kw - 1) + 1
-    bottom = max(bottom, need_h - h - top)
-    right = max(right, need_w - w - left)
     xp = np.pad(x, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=pad_value)
-    win = np.lib.stride_tricks.sliding_window_view(xp, (need_h - (oh - 1) * sh,
-                                                        need_w - (ow - 1) * sw), axis=(2, 3))
-    win = win[:, :, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, ::dh, ::dw]
-    return win
+    extra_h, extra_w = max(0, need_h - xp.shape[2]), max(0, need_w - xp.shape[3])
+    if extra_h or extra_w:
+        xp = np.pad(xp, ((0, 0), (0, 0), (0, extra_h), (0, extra_w)),
+                    constant_values=pad_value if ceil_pad_value is None else ceil_pad_value)
+    win = np.lib.stride_tricks.sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
+                                                   axis=(2, 3))
+    return win[:, :, :(oh - 1) * sh + 1:sh, :(ow - 1) * sw + 1:sw, ::dh, ::dw]
 
 
 def conv2d_sums(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, groups,
@@ -76,16 +79,14 @@ def conv2d_sums(x: np.ndarray, weight: np.ndarray, stride, pads, dilation, group
 
 
 def pool_counts(shape_hw, kernel, stride, pads, ceil_mode, count_include_pad) -> np.ndarray:
-    """Number of elements each average-pooling window divides by, (OH, OW)."""
-    h, w = shape_hw
-    ones = np.ones((1, 1, h, w))
-    if count_include_pad:
-        # ONNX counts the explicit padding but not the extra room ceil_mode adds.
-        top, left, bottom, right = pads
-        ones = np.pad(ones, ((0, 0), (0, 0), (top, bottom), (left, right)), constant_values=1)
-        pads = (0, 0, 0, 0)
-        # windows are now positioned relative to the padded array; same output grid
-    win = _windows(ones, kernel, stride, pads, (1, 1), 0.0, ceil_mode)
+    """Number of elements each average-pooling window divides by, (OH, OW).
+
+    With ``count_include_pad`` the explicit padding counts but the extra room ``ceil_mode``
+    adds does not (as onnxruntime does); without it only input elements count.
+    """
+    ones = np.ones((1, 1) + tuple(shape_hw))
+    win = _windows(ones, kernel, stride, pads, (1, 1), 1.0 if count_include_pad else 0.0,
+                   ceil_mode, ceil_pad_value=0.0)
     return win.sum(axis=(-1, -2))[0, 0].astype(np.int64)
 
 

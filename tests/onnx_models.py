@@ -84,9 +84,13 @@ class ModelBuilder:
         return model.SerializeToString()
 
 
-def run_onnxruntime(model: bytes | str, x: np.ndarray) -> np.ndarray:
+def run_onnxruntime(model: bytes | str, x: np.ndarray, optimized: bool = True) -> np.ndarray:
+    """onnxruntime's output. ``optimized=False`` runs the standard ops as written (a QDQ model
+    then computes in float between Q/DQ pairs) instead of fused integer kernels."""
     import onnxruntime as ort
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not optimized:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     return session.run(None, {session.get_inputs()[0].name: x.astype(np.float32)})[0]

@@ -15,16 +15,16 @@ from hoarfrost.sim.golden import run_float, run_int
 from onnx_models import ModelBuilder, run_onnxruntime
 
 
-def onnxruntime_int8(qgraph, x):
+def onnxruntime_int8(qgraph, x, optimized=True):
     """onnxruntime's outputs for the QDQ form of ``qgraph``, as int8 codes."""
-    out = run_onnxruntime(to_qdq(qgraph).SerializeToString(), x)
+    out = run_onnxruntime(to_qdq(qgraph).SerializeToString(), x, optimized)
     q = qgraph.quant[qgraph.output]
     return (np.rint(out / q.scale) + q.zero_point).astype(np.int64)
 
 
-def assert_agrees(qgraph, x, check_argmax=True):
+def assert_agrees(qgraph, x, check_argmax=True, optimized=True):
     ours = run_int(qgraph, x).astype(np.int64)
-    ref = onnxruntime_int8(qgraph, x)
+    ref = onnxruntime_int8(qgraph, x, optimized)
     assert ours.shape == ref.shape
     assert np.abs(ours - ref).max() <= 1, "golden model differs from onnxruntime by > 1 LSB"
     if check_argmax:
@@ -170,7 +170,13 @@ def test_random_pooling_agrees_with_onnxruntime(kind, k, stride, pad, ceil, incl
     b.op(kind, [b.last], **attrs)
     rng = np.random.default_rng(seed)
     qgraph = quantize(import_onnx_bytes(b.finish()), rng.normal(0, 1, (16, 2, h, w)).astype(np.float32), 8)
-    assert_agrees(qgraph, rng.normal(0, 1, (8, 2, h, w)).astype(np.float32), check_argmax=False)
+    # onnxruntime's fused QLinearAveragePool (a contrib kernel) divides a ceil_mode window by
+    # the whole kernel when count_include_pad is set, unlike its own float AveragePool and the
+    # golden model, which count only the input and explicit padding. Compare those cases with
+    # the standard ops as written.
+    quirk = kind == "AveragePool" and ceil and include_pad
+    assert_agrees(qgraph, rng.normal(0, 1, (8, 2, h, w)).astype(np.float32), check_argmax=False,
+                  optimized=not quirk)
 
 
 @pytest.mark.parametrize("seed", range(3))

@@ -1,0 +1,163 @@
+"""``hoarfrost bench gemm``: one GEMM on the systolic-array engine's Verilog in Verilator.
+
+Random operands (int8 A with a zero point, ``--weight-bits`` B, int32 bias) go in through the
+engine's load streams at full rate while it computes; the results come out of its output
+stream. The bench prints measured cycles (whole run and compute phase) against the ideal
+``M*N*K / (rows*cols)`` and the analytic cycle model, the utilization, the energy priced from
+the engine's counters, and fails loudly if C differs from numpy's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hoarfrost.gen.errors import HoarfrostError
+from hoarfrost.hw.config import DEFAULT, BackendConfig
+
+HELP = "one GEMM on the systolic-array engine in Verilator: measured vs ideal and modelled cycles"
+
+#: Largest array the bench builds (Verilator build time grows with the PE count).
+MAX_PES = 256
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--rows", type=int, required=True, help="PE rows of the array")
+    parser.add_argument("--cols", type=int, required=True, help="PE columns of the array")
+    parser.add_argument("--m", type=int, required=True, help="rows of A and C")
+    parser.add_argument("--n", type=int, required=True, help="columns of B and C")
+    parser.add_argument("--k", type=int, required=True, help="columns of A, rows of B")
+    parser.add_argument("--weight-bits", type=int, default=8, metavar="8|4|2",
+                        help="weight precision (default 8)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random operands")
+
+
+def bench_config(rows: int, cols: int, weight_bits: int, m: int, n: int, k: int) -> BackendConfig:
+    """The engine configuration the bench builds: :data:`DEFAULT` resized, buffers fitted."""
+    config = dataclasses.replace(DEFAULT, rows=rows, cols=cols, weight_bits=weight_bits,
+                                 w_depth=max(4, 1 << (2 * rows - 1).bit_length()))
+    return config.sized_for(m, n, k)
+
+
+def _check_args(args) -> None:
+    for option in ("rows", "cols", "m", "n", "k"):
+        value = getattr(args, option)
+        if value < 1:
+            raise HoarfrostError(f"--{option} must be a positive integer, not {value!r}")
+    if args.rows * args.cols > MAX_PES:
+        raise HoarfrostError(f"--rows {args.rows} x --cols {args.cols} = "
+                             f"{args.rows * args.cols} PEs; the bench builds at most {MAX_PES}")
+    if args.m > 4096 or args.n > 4096 or args.k > 4096:
+        raise HoarfrostError("--m, --n and --k must each be at most 4096")
+
+
+def energy_counts(config: BackendConfig, counters: dict) -> dict[str, float]:
+    """Energy events of a run: one 8-bit multiply and one 32-bit add per MAC issued (padding
+    PEs switch too), buffer accesses converted to 32-bit SRAM words by their width."""
+    a_words = config.rows * config.act_bits / 32
+    w_words = config.cols * config.weight_bits / 32
+    acc_words = config.acc_width / 32
+    return {
+        "mul8": counters["macs_issued"],
+        "add32": counters["macs_issued"],
+        "sram_read32": (counters["a_reads"] * a_words + counters["w_reads"] * w_words
+                        + counters["acc_reads"] * acc_words),
+        "sram_write32": (counters["a_writes"] * a_words + counters["w_writes"] * w_words
+                         + counters["acc_writes"] * acc_words),
+    }
+
+
+def run(args) -> tuple[dict, str]:
+    _check_args(args)
+    from amaranth.back import verilog
+
+    from hoarfrost.hw.gemm_engine import GemmEngine
+    from hoarfrost.sim.cycle_model import compute_phase_bound, predict_gemm
+    from hoarfrost.sim.energy import energy_pj, energy_source
+    from hoarfrost.sim.gemm_streams import assemble_output, random_gemm, reference_gemm
+    from hoarfrost.sim.tb.gemm_tb import write_vectors
+    from hoarfrost.sim.verilator import cocotb_run
+
+    R, C = args.rows, args.cols
+    m, n, k = args.m, args.n, args.k
+    config = bench_config(R, C, args.weight_bits, m, n, k)
+    predicted = predict_gemm(config, m, n, k)
+    g = random_gemm(config, m, n, k, args.seed)
+    expected = reference_gemm(g["a"], g["b"], g["bias"], g["zero_point"], config.acc_width)
+
+    started = time.perf_counter()
+    design = verilog.convert(GemmEngine(config), name="gemm_engine")
+    with tempfile.TemporaryDirectory(prefix="hoarfrost-bench-") as tmp:
+        vectors = write_vectors(Path(tmp) / "vectors.npz", config, g, expected)
+        results_path = Path(tmp) / "results.json"
+        result = cocotb_run(design, "gemm_engine", "hoarfrost.sim.tb.gemm_tb",
+                            env={"HOARFROST_VECTORS": str(vectors),
+                                 "HOARFROST_RESULTS": str(results_path)},
+                            testcase="gemm_at_full_rate", seed=args.seed)
+        if not results_path.is_file():
+            raise RuntimeError(f"the GEMM testbench wrote no results:\n{result.log_tail()}")
+        measured = json.loads(results_path.read_text())["gemm_at_full_rate"]
+    seconds = time.perf_counter() - started
+
+    got = assemble_output(C, measured["out_beats"], m, n)
+    if got.shape != expected.shape or not np.array_equal(got, expected):
+        bad = np.argwhere(got != expected) if got.shape == expected.shape else [[0, 0]]
+        raise RuntimeError(f"RTL result differs from numpy ({len(bad)} entries, first at "
+                           f"{tuple(bad[0])}); testbench log: {result.log}")
+    if result.failed:
+        raise RuntimeError(f"the GEMM testbench failed (results equal numpy, a counter check "
+                           f"did not):\n{result.log_tail()}")
+
+    counters = measured["counters"]
+    cycles, compute = counters["cycles"], counters["compute_cycles"]
+    ideal = m * n * k / (R * C)
+    energy = energy_pj(energy_counts(config, counters))
+    summary = {
+        "rows": R, "cols": C, "m": m, "n": n, "k": k, "weight_bits": args.weight_bits,
+        "seed": args.seed, "result_equals_numpy": True,
+        "cycles": cycles, "compute_cycles": compute,
+        "predicted_cycles": predicted.cycles,
+        "predicted_compute_cycles": predicted.compute_cycles,
+        "model_error": (cycles - predicted.cycles) / predicted.cycles,
+        "ideal_cycles": ideal,
+        "utilization": ideal / cycles,
+        "compute_utilization": ideal / compute,
+        "counters": counters,
+        "energy_pj": energy, "energy_source": energy_source(),
+        "verilator_cache_hit": result.cache_hit,
+        "seconds": seconds, "sim_seconds": measured["sim_seconds"],
+    }
+    if R == C == m == n == k:
+        summary["compute_bound_4n_minus_3"] = compute_phase_bound(R)
+
+    lines = [
+        f"GEMM C[{m},{n}] = A[{m},{k}] @ B[{k},{n}] on a {R}x{C} array, "
+        f"{args.weight_bits}-bit weights (seed {args.seed}): result equals numpy",
+        f"  cycles, whole run    {cycles:>10}   predicted {predicted.cycles} "
+        f"({100 * summary['model_error']:+.2f}%)",
+        f"  cycles, compute      {compute:>10}   predicted {predicted.compute_cycles}"
+        + (f"  (bound 4n-3 = {compute_phase_bound(R)})" if "compute_bound_4n_minus_3" in summary
+           else ""),
+        f"  ideal cycles         {ideal:>10.1f}   M*N*K / (rows*cols)",
+        f"  utilization          {100 * summary['utilization']:>9.2f}%   whole run "
+        f"({100 * summary['compute_utilization']:.2f}% of the compute phase)",
+        f"  stalls               {counters['stall_cycles']:>10}   issue waits "
+        f"(operands, accumulator bank); output stalls {counters['out_stall_cycles']}",
+        f"  MACs                 {counters['macs_useful']:>10}   useful of "
+        f"{counters['macs_issued']} issued",
+        f"  buffer accesses      A {counters['a_reads']}r/{counters['a_writes']}w, "
+        f"W {counters['w_reads']}r/{counters['w_writes']}w, "
+        f"acc {counters['acc_reads']}r/{counters['acc_writes']}w",
+        f"  energy               {energy['total'] / 1000:>10.2f} nJ   "
+        + ", ".join(f"{name} {value / 1000:.2f}" for name, value in energy.items()
+                    if name != "total")
+        + f" nJ ({energy_source()})",
+        f"  time                 {seconds:>10.1f} s    (simulation {measured['sim_seconds']:.1f} s, "
+        f"Verilator build {'cached' if result.cache_hit else 'included'})",
+    ]
+    return summary, "\n".join(lines)
