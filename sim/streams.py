@@ -28,15 +28,11 @@ __all__ = [
 ]
 
 
-def _check_probability(name: str, value: float) -> None:
-    if not 0.0 <= value < 1.0:
-        raise ValueError(f"{name} must be in [0, 1), not {value!r}")
-
-
-def _need_rng(rng: random.Random | None, probability: float) -> random.Random:
+def _check_random(name: str, probability: float, rng: random.Random | None) -> None:
+    if not 0.0 <= probability < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), not {probability!r}")
     if probability and rng is None:
-        raise ValueError("A seeded random.Random is needed when a probability is non-zero")
-    return rng
+        raise ValueError(f"{name} {probability!r} needs a seeded random.Random")
 
 
 # --- amaranth.sim (async testbenches) -----------------------------------------------------------
@@ -49,8 +45,7 @@ async def stream_put(ctx, stream, payload, *, rng: random.Random | None = None,
     with probability ``idle_prob``. With ``idle_prob=0`` consecutive calls send one beat per
     cycle. Returns just after the clock edge that transferred the beat.
     """
-    _check_probability("idle_prob", idle_prob)
-    rng = _need_rng(rng, idle_prob)
+    _check_random("idle_prob", idle_prob, rng)
     while idle_prob and rng.random() < idle_prob:
         await ctx.tick()
     ctx.set(stream.payload, payload)
@@ -65,8 +60,7 @@ async def stream_get(ctx, stream, *, rng: random.Random | None = None, stall_pro
     Each cycle ``ready`` is held low with probability ``stall_prob`` (backpressure). Returns the
     payload sampled at the clock edge that transferred the beat, just after that edge.
     """
-    _check_probability("stall_prob", stall_prob)
-    rng = _need_rng(rng, stall_prob)
+    _check_random("stall_prob", stall_prob, rng)
     while True:
         ready = not (stall_prob and rng.random() < stall_prob)
         ctx.set(stream.ready, ready)
@@ -143,7 +137,7 @@ class StreamDriver:
 
     def __init__(self, dut: SimHandleBase, prefix: str, clk: SimHandleBase, rng: random.Random,
                  idle_prob: float = 0.0):
-        _check_probability("idle_prob", idle_prob)
+        _check_random("idle_prob", idle_prob, rng)
         self._valid = getattr(dut, f"{prefix}__valid")
         self._ready = getattr(dut, f"{prefix}__ready")
         self._payload = getattr(dut, f"{prefix}__payload")
@@ -177,7 +171,7 @@ class StreamDriver:
 class StreamSink:
     """Consumes the output stream ``<prefix>__valid/__ready/__payload`` of a cocotb ``dut``.
 
-    Once :meth:`start`\\ ed, it decides every cycle whether to be ready (stalling with
+    After :meth:`start` it decides every cycle whether to be ready (stalling with
     probability ``stall_prob``) and appends each transferred payload to :attr:`items`.
 
     Parameters
@@ -205,7 +199,7 @@ class StreamSink:
 
     def __init__(self, dut: SimHandleBase, prefix: str, clk: SimHandleBase, rng: random.Random,
                  stall_prob: float = 0.0, *, signed: bool = False):
-        _check_probability("stall_prob", stall_prob)
+        _check_random("stall_prob", stall_prob, rng)
         self._valid = getattr(dut, f"{prefix}__valid")
         self._ready = getattr(dut, f"{prefix}__ready")
         self._payload = getattr(dut, f"{prefix}__payload")

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hoarfrost.hw.mac import MacUnit
-from hoarfrost.sim.streams import stream_get, stream_put, to_signed
+from hoarfrost.hw.mac import MacUnit, mac_input_layout
+from hoarfrost.sim.streams import pack_struct, stream_get, stream_put, to_signed, unpack_struct
 
 
 def random_vectors(np_rng, weight_bits, count, max_len):
@@ -30,6 +30,8 @@ def run_mac(dut, vectors, *, seed=0, idle_prob=0.0, stall_prob=0.0, consumer_del
     """
     rng = random.Random(seed)
     seen = {"outputs": [], "accept_cycle": [], "observed_stalls": 0, "cycle": 0}
+    # A unit that loses a beat would leave the consumer waiting forever.
+    max_cycles = 20 * sum(len(a) for a, _ in vectors) + consumer_delay + 100
 
     async def clock_counter(ctx):
         # Observes the output handshake independently of the DUT's own counter.
@@ -37,6 +39,8 @@ def run_mac(dut, vectors, *, seed=0, idle_prob=0.0, stall_prob=0.0, consumer_del
                                                                  dut.o_stream.ready):
             seen["cycle"] += 1
             seen["observed_stalls"] += valid and not ready
+            assert seen["cycle"] < max_cycles, \
+                f"timed out with {len(seen['outputs'])} of {len(vectors)} results"
 
     async def producer(ctx):
         for a, b in vectors:
@@ -117,6 +121,21 @@ def test_accumulator_wraps_like_twos_complement():
     a, b = np.full(3, 127), np.full(3, 127)
     seen = run_mac(MacUnit(weight_bits=8, acc_width=16), [(a, b), (a[:1], b[:1])])
     assert seen["outputs"] == [to_signed(48387, 16), 127 * 127]
+
+
+@pytest.mark.parametrize("weight_bits", [2, 4, 8])
+def test_payload_packing_agrees_with_amaranth(weight_bits):
+    # cocotb drives the struct payload as one integer; pack_struct must place each field where
+    # Amaranth's layout puts it, extremes of the signed ranges included.
+    layout = mac_input_layout(weight_bits)
+    w_min, w_max = -(1 << weight_bits - 1), (1 << weight_bits - 1) - 1
+    for fields in [{"a": -128, "b": w_min, "last": 1}, {"a": 127, "b": w_max, "last": 0},
+                   {"a": -1, "b": -1, "last": 1}, {"a": 0, "b": 1, "last": 0}]:
+        raw = pack_struct(layout, fields)
+        assert raw == layout.const(fields).as_bits()
+        assert unpack_struct(layout, raw) == fields
+    with pytest.raises(ValueError, match="does not fit"):
+        pack_struct(layout, {"a": 0, "b": w_max + 1, "last": 0})
 
 
 # The half-constructed component warns that it was never elaborated, when the garbage collector

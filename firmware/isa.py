@@ -1,0 +1,178 @@
+"""The back end's command-stream ISA: what the compiler emits and the sequencer executes.
+
+The machine
+-----------
+* **DRAM**: bytes, holding the weight image (weights, biases, requantization tables, written
+  by the compiler) and the input/output tensors.
+* **Scratchpad**: on-chip activation SRAM, bytes. Feature maps live here as int8 in CHW order
+  (per image), at offsets the compiler allocates. CHW makes Flatten/Reshape free.
+* **Geometry registers**: set by ``GEOM``, read by the next ``MATMUL``/``POOL``s: the input
+  feature map's shape, the window (kernel, stride, padding, dilation) and the output's shape.
+
+Commands (every field unsigned unless noted; ``*_addr`` are DRAM byte addresses, ``src``/
+``dst`` scratchpad byte offsets):
+
+========  =================================================================================
+LOAD      ``dram_addr, dst, length``: DRAM -> scratchpad.
+STORE     ``src, dram_addr, length``: scratchpad -> DRAM.
+GEOM      ``in_c, in_h, in_w, out_h, out_w, kh, kw, sh, sw, pad_top, pad_left, pad_bottom,
+          pad_right, dh, dw``. Window positions outside the input read as padding.
+MATMUL    ``src, dst, zp_in (signed), c0, cg, m0, mt, n0, nt, w_addr, p_addr, lo, hi (signed),
+          zp_out (signed)``: for output pixels ``m0 .. m0+mt-1`` (raster order) and output
+          channels ``n0 .. n0+nt-1``: gather the window of input channels ``c0 .. c0+cg-1``
+          (im2col, ``K = cg*kh*kw``; padding reads as ``zp_in``), ``acc = sum((x - zp_in) *
+          w) + bias`` with the ``nt x K`` int8 weights at ``w_addr`` (row-major, channel by
+          channel), then ``clamp(zp_out + rounding_shift(acc * mult, shift), lo, hi)`` with
+          per-channel ``bias (int32), mult (uint32), shift (uint32)`` triples at ``p_addr``.
+          A fully connected layer is the 1x1 case.
+POOL      ``src, dst, kind, zp_in (signed), lo_in, hi_in (signed), p_addr, zp_out (signed)``:
+          ``kind`` 0 = max, 1 = average counting input elements only, 2 = average counting
+          the explicit padding too (ONNX ``count_include_pad``), for all ``in_c`` channels.
+          Max: clamp to ``[lo_in, hi_in]`` (a standalone ReLU is a 1x1 max pool), then if
+          ``p_addr`` is not 0xFFFFFFFF rescale by the ``mult, shift`` pair there. Average:
+          ``sum(x - zp_in)`` over the window, rescaled by the ``mult, shift`` pair indexed by
+          the window's element count in the table at ``p_addr``.
+ADD       ``src_a, src_b, dst, length, zp_a, zp_b, mult_a, mult_b, shift, zp_out, lo, hi``:
+          ``clamp(zp_out + rounding_shift((a - zp_a) * mult_a + (b - zp_b) * mult_b,
+          shift), lo, hi)`` elementwise.
+SYNC      wait until every earlier command has finished (DMA included).
+END       the program is done.
+========  =================================================================================
+
+Encoding: a command is a header word ``op << 24 | field count`` followed by one 32-bit
+little-endian word per field, in the order listed (signed fields two's complement). Fixed
+field order keeps the sequencer's decoder a counter and a register file.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+
+class Op(enum.IntEnum):
+    LOAD = 1
+    STORE = 2
+    GEOM = 3
+    MATMUL = 4
+    POOL = 5
+    ADD = 6
+    SYNC = 7
+    END = 8
+
+
+#: Field names of each command, in encoding order. Names in SIGNED are two's complement.
+FIELDS: dict[Op, tuple[str, ...]] = {
+    Op.LOAD: ("dram_addr", "dst", "length"),
+    Op.STORE: ("src", "dram_addr", "length"),
+    Op.GEOM: ("in_c", "in_h", "in_w", "out_h", "out_w", "kh", "kw", "sh", "sw",
+              "pad_top", "pad_left", "pad_bottom", "pad_right", "dh", "dw"),
+    Op.MATMUL: ("src", "dst", "zp_in", "c0", "cg", "m0", "mt", "n0", "nt", "w_addr", "p_addr",
+                "lo", "hi", "zp_out"),
+    Op.POOL: ("src", "dst", "kind", "zp_in", "lo_in", "hi_in", "p_addr", "zp_out"),
+    Op.ADD: ("src_a", "src_b", "dst", "length", "zp_a", "zp_b", "mult_a", "mult_b", "shift",
+             "zp_out", "lo", "hi"),
+    Op.SYNC: (),
+    Op.END: (),
+}
+SIGNED = frozenset({"zp_in", "zp_out", "zp_a", "zp_b", "lo", "hi", "lo_in", "hi_in"})
+NO_PARAMS = 0xFFFF_FFFF
+POOL_MAX, POOL_AVG, POOL_AVG_PAD = 0, 1, 2
+
+
+class IsaError(ValueError):
+    """A malformed command or program (bad field, value out of range, unknown op)."""
+
+
+@dataclass(frozen=True)
+class Command:
+    """One command: its op and its fields by name."""
+
+    op: Op
+    fields: tuple[tuple[str, int], ...]
+
+    @classmethod
+    def make(cls, op: Op, **fields: int) -> "Command":
+        names = FIELDS[op]
+        if set(fields) != set(names):
+            missing, extra = set(names) - set(fields), set(fields) - set(names)
+            raise IsaError(f"{op.name}: missing fields {sorted(missing)}, unknown {sorted(extra)}")
+        for name, value in fields.items():
+            lo, hi = (-(2**31), 2**31 - 1) if name in SIGNED else (0, 2**32 - 1)
+            if not isinstance(value, int) or not lo <= value <= hi:
+                raise IsaError(f"{op.name}.{name} = {value!r} does not fit in 32 bits")
+        return cls(op, tuple((name, int(fields[name])) for name in names))
+
+    def __getattr__(self, name):
+        for key, value in self.fields:
+            if key == name:
+                return value
+        raise AttributeError(name)
+
+    def words(self) -> list[int]:
+        return [(self.op << 24) | len(self.fields)] + [v & 0xFFFF_FFFF for _, v in self.fields]
+
+    def text(self) -> str:
+        return " ".join([self.op.name.lower()] + [f"{k}={v}" for k, v in self.fields])
+
+
+def encode(commands: list[Command]) -> bytes:
+    """The binary command stream (little-endian 32-bit words)."""
+    words = [w for c in commands for w in c.words()]
+    return struct.pack(f"<{len(words)}I", *words)
+
+
+def decode(blob: bytes) -> list[Command]:
+    """Commands from a binary stream; raises :class:`IsaError` on anything malformed."""
+    if len(blob) % 4:
+        raise IsaError(f"command stream of {len(blob)} bytes is not a whole number of words")
+    words = struct.unpack(f"<{len(blob) // 4}I", blob)
+    commands, i = [], 0
+    while i < len(words):
+        op_code, count = words[i] >> 24, words[i] & 0xFF
+        try:
+            op = Op(op_code)
+        except ValueError:
+            raise IsaError(f"word {i}: unknown op code {op_code}") from None
+        names = FIELDS[op]
+        if count != len(names) or i + 1 + count > len(words):
+            raise IsaError(f"word {i}: {op.name} needs {len(names)} fields, header says {count}")
+        values = {}
+        for name, word in zip(names, words[i + 1:i + 1 + count]):
+            values[name] = word - (1 << 32) if name in SIGNED and word >= 1 << 31 else word
+        commands.append(Command.make(op, **values))
+        i += 1 + count
+    return commands
+
+
+def assemble(text: str) -> list[Command]:
+    """Commands from assembly text: one ``op field=value ...`` per line, ``#`` comments."""
+    commands = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        mnemonic, *pairs = line.split()
+        try:
+            op = Op[mnemonic.upper()]
+        except KeyError:
+            raise IsaError(f"line {number}: unknown command {mnemonic!r}") from None
+        fields = {}
+        for pair in pairs:
+            name, sep, value = pair.partition("=")
+            if not sep:
+                raise IsaError(f"line {number}: expected field=value, got {pair!r}")
+            try:
+                fields[name] = int(value, 0)
+            except ValueError:
+                raise IsaError(f"line {number}: {name} = {value!r} is not an integer") from None
+        try:
+            commands.append(Command.make(op, **fields))
+        except IsaError as exc:
+            raise IsaError(f"line {number}: {exc}") from None
+    return commands
+
+
+def disassemble(commands: list[Command]) -> str:
+    return "\n".join(c.text() for c in commands) + "\n"

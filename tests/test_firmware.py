@@ -1,0 +1,125 @@
+"""The command-stream ISA and the compiler, run on the functional ISA simulator.
+
+The compiled firmware, executed command by command through the addresses and fields it
+carries, must give the golden model's outputs bit for bit, however the layers are tiled.
+"""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from hoarfrost.firmware.isa import (Command, IsaError, Op, assemble, decode, disassemble,
+                                    encode)
+from hoarfrost.gen.compiler import CompileLimits, compile_graph
+from hoarfrost.gen.errors import HoarfrostError
+from hoarfrost.gen.onnx_import import import_onnx
+from hoarfrost.gen.quantize import quantize
+from hoarfrost.sim.golden import quantize_input, run_int
+from hoarfrost.sim.isa_sim import run_program
+from onnx_models import ModelBuilder
+from test_golden_onnxruntime import import_onnx_bytes
+
+
+def test_assemble_disassemble_encode_decode_round_trip():
+    text = """
+    # a tiny program
+    load dram_addr=0x100 dst=0 length=64
+    add src_a=0 src_b=0 dst=64 length=64 zp_a=-3 zp_b=5 mult_a=40000 mult_b=1 shift=17 zp_out=-128 lo=-128 hi=127
+    sync
+    end
+    """
+    commands = assemble(text)
+    assert [c.op for c in commands] == [Op.LOAD, Op.ADD, Op.SYNC, Op.END]
+    assert commands[1].zp_a == -3 and commands[0].dram_addr == 256
+    blob = encode(commands)
+    assert len(blob) == 4 * (4 + 13 + 1 + 1)
+    assert decode(blob) == commands
+    assert assemble(disassemble(commands)) == commands
+
+
+@pytest.mark.parametrize("text, message", [
+    ("jump to=3", "unknown command 'jump'"),
+    ("load dram_addr=1 dst=2", "missing fields ['length']"),
+    ("load dram_addr=1 dst=2 length=x", "'x' is not an integer"),
+    ("load dram_addr=-1 dst=2 length=3", "does not fit in 32 bits"),
+    ("sync extra", "expected field=value"),
+])
+def test_assembler_errors_name_the_line_and_cause(text, message):
+    with pytest.raises(IsaError, match="line 1") as info:
+        assemble(text)
+    assert message in str(info.value)
+
+
+def test_decoder_rejects_malformed_streams():
+    with pytest.raises(IsaError, match="whole number of words"):
+        decode(b"\x00\x00\x00")
+    with pytest.raises(IsaError, match="unknown op code 99"):
+        decode((99 << 24).to_bytes(4, "little"))
+    with pytest.raises(IsaError, match="LOAD needs 3 fields"):
+        decode(((1 << 24) | 2).to_bytes(4, "little") + bytes(8))
+
+
+def run_compiled(qgraph, x, limits):
+    program = compile_graph(qgraph, limits)
+    xi = quantize_input(qgraph, x)
+    return program, np.stack([run_program(program, xi[i], limits.scratch_bytes) for i in range(len(x))])
+
+
+@pytest.mark.parametrize("limits", [CompileLimits(), CompileLimits(scratch_bytes=2048, m_tile=7, n_tile=3),
+                                    CompileLimits(m_tile=1, n_tile=1)])
+@pytest.mark.parametrize("model", ["digits_cnn", "digits_mlp"])
+def test_example_models_compile_bit_exact(examples, model, limits):
+    x = np.load(examples / "digits_test_x.npy")[:12]
+    qgraph = quantize(import_onnx(examples / f"{model}.onnx"), np.load(examples / "digits_calib.npy"), 8)
+    program, out = run_compiled(qgraph, x, limits)
+    assert np.array_equal(out, run_int(qgraph, x))
+    matmuls = sum(c.op == Op.MATMUL for c in program.commands)
+    assert matmuls >= sum(l.op in ("conv", "dense") for l in qgraph.layers)
+    assert program.commands[-1].op == Op.END
+
+
+def test_scratchpad_too_small_names_the_layer(examples):
+    qgraph = quantize(import_onnx(examples / "digits_cnn.onnx"), np.load(examples / "digits_calib.npy"), 8)
+    with pytest.raises(HoarfrostError, match=r"layer '/conv1/Conv'.*576 bytes.*raise scratch_bytes"):
+        compile_graph(qgraph, CompileLimits(scratch_bytes=256))
+
+
+@st.composite
+def networks(draw):
+    """conv (any geometry, maybe depthwise) -> pool -> [residual block] -> relu/flatten -> gemm."""
+    seed = draw(st.integers(0, 2**16))
+    c, h, w = draw(st.integers(1, 4)), draw(st.integers(5, 10)), draw(st.integers(5, 10))
+    b = ModelBuilder((c, h, w), seed=seed)
+    k = draw(st.integers(1, 3))
+    pad = draw(st.integers(0, k - 1))
+    depthwise = draw(st.booleans())
+    cout = c * 2 if depthwise else draw(st.integers(1, 6))
+    b.conv(c, cout, k, draw(st.integers(1, 2)), (pad, pad, pad, pad), c if depthwise else 1)
+    b.relu()
+    pool = draw(st.sampled_from(["MaxPool", "AveragePool", None]))
+    if pool:
+        b.op(pool, [b.last], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1],
+             **({"count_include_pad": draw(st.integers(0, 1))} if pool == "AveragePool" else {}))
+    if draw(st.booleans()):
+        skip = b.last
+        b.conv(cout, cout, 3, 1, (1, 1, 1, 1))
+        b.op("Add", [skip, b.last])
+        b.relu()
+    b.op("Flatten", [b.last])
+    return b, seed, (c, h, w)
+
+
+@settings(max_examples=15, deadline=None)
+@given(case=networks(), m_tile=st.integers(1, 40), n_tile=st.integers(1, 8))
+def test_random_networks_compile_bit_exact(case, m_tile, n_tile):
+    builder, seed, shape = case
+    data = builder.finish()
+    graph = import_onnx_bytes(data)
+    features = graph.shapes[graph.output][0]
+    builder.gemm(features, 3)
+    graph = import_onnx_bytes(builder.finish())
+    rng = np.random.default_rng(seed)
+    qgraph = quantize(graph, rng.normal(0, 1, (16,) + shape).astype(np.float32), 8)
+    x = rng.normal(0, 1, (3,) + shape).astype(np.float32)
+    _, out = run_compiled(qgraph, x, CompileLimits(scratch_bytes=16384, m_tile=m_tile, n_tile=n_tile))
+    assert np.array_equal(out, run_int(qgraph, x))
