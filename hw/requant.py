@@ -1,0 +1,99 @@
+"""The requantizer: the hardware form of ``sim/arith.py``'s contract.
+
+``y = clamp(zero_point + ((acc * multiplier + 2**(shift-1)) >> shift), lo, hi)``, pipelined in
+three stages (multiply, round and shift, offset and clamp) behind a stream handshake. Every
+parameter travels with its accumulator, so per-channel multipliers, fused ReLU/ReLU6 bounds and
+zero points change from beat to beat at no cost.
+"""
+
+from __future__ import annotations
+
+from amaranth import Const, Module, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hoarfrost.sim.arith import MAX_SHIFT, MULTIPLIER_BITS
+
+SHIFT_BITS = MAX_SHIFT.bit_length()
+
+
+def requant_layout(acc_width: int = 32) -> data.StructLayout:
+    """One accumulator and the parameters that scale it."""
+    return data.StructLayout({
+        "acc": signed(acc_width),
+        "multiplier": unsigned(MULTIPLIER_BITS),
+        "shift": unsigned(SHIFT_BITS),
+        "zero_point": signed(8),
+        "lo": signed(8),
+        "hi": signed(8),
+    })
+
+
+class Requantizer(wiring.Component):
+    """Scale an accumulator back to int8.
+
+    Parameters
+    ----------
+    acc_width : int
+        Width of the signed accumulators (32 for int32).
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(requant_layout(acc_width)))``
+        Accumulator with its multiplier, shift, output zero point and clamp bounds.
+    o_stream : ``Out(stream.Signature(signed(8)))``
+        The int8 result, three cycles after its input when the output is not stalled.
+
+    The three stages advance together whenever the last one is empty or being read, so a beat
+    per cycle flows at full rate and nothing is lost under backpressure.
+    """
+
+    def __init__(self, acc_width: int = 32):
+        if acc_width < 2:
+            raise ValueError(f"acc_width must be at least 2, not {acc_width!r}")
+        self.acc_width = acc_width
+        super().__init__({
+            "i_stream": In(stream.Signature(requant_layout(acc_width))),
+            "o_stream": Out(stream.Signature(signed(8))),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        width = self.acc_width + MULTIPLIER_BITS + 1
+        advance = Signal()
+        m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
+        m.d.comb += self.i_stream.ready.eq(advance)
+
+        # Stage 1: the product (the one wide multiply).
+        valid1 = Signal()
+        product = Signal(signed(width))
+        p1 = Signal(requant_layout(self.acc_width))
+        # Stage 2: rounding and the arithmetic shift.
+        valid2 = Signal()
+        shifted = Signal(signed(width))
+        p2 = Signal(requant_layout(self.acc_width))
+
+        with m.If(advance):
+            m.d.sync += [
+                valid1.eq(self.i_stream.valid),
+                product.eq(self.i_stream.payload.acc * self.i_stream.payload.multiplier),
+                p1.eq(self.i_stream.payload),
+                valid2.eq(valid1),
+                p2.eq(p1),
+                self.o_stream.valid.eq(valid2),
+            ]
+            # 2**(shift-1) added before the shift rounds half up; (1 << shift) without its
+            # bit 0 is exactly that, and 0 for shift 0.
+            half = Signal(unsigned(width))
+            m.d.comb += half.eq((Const(1, 1) << p1.shift)[1:])
+            m.d.sync += shifted.eq((product + half) >> p1.shift)
+            # Stage 3: offset by the zero point and clamp (this also saturates to int8).
+            value = Signal(signed(width + 1))
+            m.d.comb += value.eq(shifted + p2.zero_point)
+            with m.If(value < p2.lo):
+                m.d.sync += self.o_stream.payload.eq(p2.lo)
+            with m.Elif(value > p2.hi):
+                m.d.sync += self.o_stream.payload.eq(p2.hi)
+            with m.Else():
+                m.d.sync += self.o_stream.payload.eq(value)
+        return m
