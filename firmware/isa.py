@@ -21,8 +21,8 @@ MATMUL    ``src, dst, zp_in (signed), c0, cg, m0, mt, n0, nt, w_addr, p_addr, lo
           zp_out (signed)``: for output pixels ``m0 .. m0+mt-1`` (raster order) and output
           channels ``n0 .. n0+nt-1``: gather the window of input channels ``c0 .. c0+cg-1``
           (im2col, ``K = cg*kh*kw``; padding reads as ``zp_in``), ``acc = sum((x - zp_in) *
-          w) + bias`` with the ``nt x K`` int8 weights at ``w_addr`` (row-major, channel by
-          channel), then ``clamp(zp_out + rounding_shift(acc * mult, shift), lo, hi)`` with
+          w) + bias`` with the int8 weights at ``w_addr`` in the systolic array's order (see
+          :func:`weight_tiles`), then ``clamp(zp_out + rounding_shift(acc * mult, shift), lo, hi)`` with
           per-channel ``bias (int32), mult (uint32), shift (uint32)`` triples at ``p_addr``.
           A fully connected layer is the 1x1 case.
 POOL      ``src, dst, kind, zp_in (signed), lo_in, hi_in (signed), p_addr, zp_out (signed)``:
@@ -176,3 +176,29 @@ def assemble(text: str) -> list[Command]:
 
 def disassemble(commands: list[Command]) -> str:
     return "\n".join(c.text() for c in commands) + "\n"
+
+
+def weight_tiles(weight, rows: int, cols: int):
+    """Lay out an ``(nt, K)`` weight matrix as the array consumes it.
+
+    For each tile of ``cols`` output channels, for each tile of ``rows`` K indexes, for each
+    ``r < rows``: the ``cols`` weights ``W[n, k]`` of that row, zero past ``nt`` or ``K``. One
+    contiguous read then feeds the array's weight stream without any address arithmetic.
+    Returns an int8 array of ``ceil(nt/cols) * ceil(K/rows) * rows * cols`` entries.
+    """
+    import numpy as np
+    weight = np.asarray(weight)
+    nt, k = weight.shape
+    n_tiles, k_tiles = -(-nt // cols), -(-k // rows)
+    padded = np.zeros((n_tiles * cols, k_tiles * rows), dtype=np.int8)
+    padded[:nt, :k] = weight
+    # (nT, cols, kT, rows) -> (nT, kT, rows, cols)
+    return padded.reshape(n_tiles, cols, k_tiles, rows).transpose(0, 2, 3, 1).reshape(-1)
+
+
+def weight_untiles(blob, nt: int, k: int, rows: int, cols: int):
+    """The ``(nt, K)`` matrix back from :func:`weight_tiles`' layout."""
+    import numpy as np
+    n_tiles, k_tiles = -(-nt // cols), -(-k // rows)
+    tiles = np.asarray(blob, dtype=np.int8).reshape(n_tiles, k_tiles, rows, cols)
+    return tiles.transpose(0, 3, 1, 2).reshape(n_tiles * cols, k_tiles * rows)[:nt, :k]

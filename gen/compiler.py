@@ -7,8 +7,8 @@ activations a ``POOL``; a residual sum an ``ADD``; Flatten/Reshape nothing at al
 are CHW, so the bytes are already in order). Feature maps live in the scratchpad at offsets a
 first-fit allocator hands out and takes back after a tensor's last use.
 
-The DRAM image holds, from address 0: per layer the int8 weights of each tile (row-major
-``nt x K``) and the per-channel ``(bias, multiplier, shift)`` records; then the input and the
+The DRAM image holds, from address 0: per layer the int8 weights of each tile (in the systolic
+array's order, :func:`~hoarfrost.firmware.isa.weight_tiles`) and the per-channel ``(bias, multiplier, shift)`` records; then the input and the
 output tensors of one image.
 """
 
@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hoarfrost.firmware.isa import NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX, Command, Op
+from hoarfrost.firmware.isa import (NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX, Command, Op,
+                                    weight_tiles)
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import (Activation, Add, AvgPool2d, Conv2d, Dense, Graph, Layer,
                               MaxPool2d, Reshape)
@@ -36,6 +37,8 @@ class CompileLimits:
     scratch_bytes: int = 64 * 1024
     m_tile: int = 128            # output pixels per MATMUL: rows of one accumulator bank
     n_tile: int = 64             # output channels per MATMUL: entries of the parameter buffer
+    rows: int = 4                # systolic array: the weight layout follows its tiles
+    cols: int = 4
 
 
 @dataclass
@@ -240,7 +243,9 @@ class _Compiler:
         for group in range(groups):
             for n0 in range(group * fg, (group + 1) * fg, self.limits.n_tile):
                 nt = min(self.limits.n_tile, (group + 1) * fg - n0)
-                w_addr = self.image.put(weight_q[n0:n0 + nt].reshape(nt, -1).astype(np.int8).tobytes())
+                tiles = weight_tiles(weight_q[n0:n0 + nt].reshape(nt, -1), self.limits.rows,
+                                     self.limits.cols)
+                w_addr = self.image.put(tiles.tobytes())
                 p_addr = self.image.put(_params_blob(layer.bias_q[n0:n0 + nt],
                                                      rq.multiplier[n0:n0 + nt], rq.shift[n0:n0 + nt]))
                 for m0 in range(0, pixels, self.limits.m_tile):

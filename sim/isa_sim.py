@@ -12,7 +12,8 @@ import struct
 
 import numpy as np
 
-from hoarfrost.firmware.isa import NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX, Command, IsaError, Op
+from hoarfrost.firmware.isa import (NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX, Command,
+                                    IsaError, Op, weight_untiles)
 from hoarfrost.sim.arith import requantize, rounding_shift
 from hoarfrost.sim.golden import _windows
 
@@ -20,7 +21,8 @@ from hoarfrost.sim.golden import _windows
 class IsaMachine:
     """DRAM + scratchpad + geometry registers; :meth:`run` executes commands."""
 
-    def __init__(self, image: bytes, dram_bytes: int, scratch_bytes: int):
+    def __init__(self, image: bytes, dram_bytes: int, scratch_bytes: int, rows: int, cols: int):
+        self.rows, self.cols = rows, cols          # the weight layout follows the array
         self.dram = np.zeros(max(dram_bytes, len(image)), dtype=np.uint8)
         self.dram[:len(image)] = np.frombuffer(image, dtype=np.uint8)
         self.scratch = np.zeros(scratch_bytes, dtype=np.uint8)
@@ -79,7 +81,9 @@ class IsaMachine:
         win = self.window_view(x.astype(np.int64) - c.zp_in, 0)            # cg OH OW KH KW
         rows = win.transpose(1, 2, 0, 3, 4).reshape(g["out_h"] * g["out_w"], -1)[c.m0:c.m0 + c.mt]
         k = rows.shape[1]
-        weights = self.s8(self.dram, c.w_addr, c.nt * k).reshape(c.nt, k).astype(np.int64)
+        size = -(-c.nt // self.cols) * -(-k // self.rows) * self.rows * self.cols
+        weights = weight_untiles(self.s8(self.dram, c.w_addr, size), c.nt, k, self.rows,
+                                 self.cols).astype(np.int64)
         params = np.array(self.words(c.p_addr, c.nt, "<iII"), dtype=np.int64)
         acc = rows @ weights.T + params[:, 0]                                # mt x nt
         y = requantize(acc, params[:, 1], params[:, 2], c.zp_out, c.lo, c.hi)
@@ -114,9 +118,12 @@ class IsaMachine:
         self.s8(self.scratch, c.dst, c.length)[:] = y.astype(np.int8)
 
 
-def run_program(program, x_int8: np.ndarray, scratch_bytes: int) -> np.ndarray:
-    """Run a compiled program on one int8 input (per-sample shape); return the int8 output."""
-    machine = IsaMachine(program.image, program.dram_bytes, scratch_bytes)
+def run_program(program, x_int8: np.ndarray, limits) -> np.ndarray:
+    """Run a compiled program on one int8 input (per-sample shape); return the int8 output.
+
+    ``limits`` is the :class:`~hoarfrost.gen.compiler.CompileLimits` it was compiled for."""
+    machine = IsaMachine(program.image, program.dram_bytes, limits.scratch_bytes, limits.rows,
+                         limits.cols)
     blob = np.ascontiguousarray(x_int8, dtype=np.int8).reshape(-1).view(np.uint8)
     machine.dram[program.input_addr:program.input_addr + blob.size] = blob
     machine.run(program.commands)

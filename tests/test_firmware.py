@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hoarfrost.firmware.isa import (Command, IsaError, Op, assemble, decode, disassemble,
-                                    encode)
+from hoarfrost.firmware.isa import (IsaError, Op, assemble, decode, disassemble, encode,
+                                    weight_tiles, weight_untiles)
 from hoarfrost.gen.compiler import CompileLimits, compile_graph
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.onnx_import import import_onnx
@@ -50,6 +50,16 @@ def test_assembler_errors_name_the_line_and_cause(text, message):
     assert message in str(info.value)
 
 
+def test_weight_tiles_follow_the_array_and_invert():
+    w = np.arange(1, 16, dtype=np.int8).reshape(3, 5)          # nt=3 channels, K=5
+    tiles = weight_tiles(w, rows=2, cols=2)
+    assert tiles.size == 2 * 3 * 2 * 2
+    # first N tile (channels 0, 1), first K tile, row r=0: W[0,0], W[1,0]; r=1: W[0,1], W[1,1]
+    assert tiles[:4].tolist() == [1, 6, 2, 7]
+    assert tiles[8:12].tolist() == [5, 10, 0, 0]                 # k=4 then zero past K
+    assert np.array_equal(weight_untiles(tiles, 3, 5, 2, 2), w)
+
+
 def test_decoder_rejects_malformed_streams():
     with pytest.raises(IsaError, match="whole number of words"):
         decode(b"\x00\x00\x00")
@@ -62,11 +72,12 @@ def test_decoder_rejects_malformed_streams():
 def run_compiled(qgraph, x, limits):
     program = compile_graph(qgraph, limits)
     xi = quantize_input(qgraph, x)
-    return program, np.stack([run_program(program, xi[i], limits.scratch_bytes) for i in range(len(x))])
+    return program, np.stack([run_program(program, xi[i], limits) for i in range(len(x))])
 
 
 @pytest.mark.parametrize("limits", [CompileLimits(), CompileLimits(scratch_bytes=2048, m_tile=7, n_tile=3),
-                                    CompileLimits(m_tile=1, n_tile=1)])
+                                    CompileLimits(m_tile=1, n_tile=1, rows=1, cols=1),
+                                    CompileLimits(rows=3, cols=5, n_tile=7)])
 @pytest.mark.parametrize("model", ["digits_cnn", "digits_mlp"])
 def test_example_models_compile_bit_exact(examples, model, limits):
     x = np.load(examples / "digits_test_x.npy")[:12]
@@ -110,8 +121,9 @@ def networks(draw):
 
 
 @settings(max_examples=15, deadline=None)
-@given(case=networks(), m_tile=st.integers(1, 40), n_tile=st.integers(1, 8))
-def test_random_networks_compile_bit_exact(case, m_tile, n_tile):
+@given(case=networks(), m_tile=st.integers(1, 40), n_tile=st.integers(1, 8),
+       rows=st.integers(1, 5), cols=st.integers(1, 5))
+def test_random_networks_compile_bit_exact(case, m_tile, n_tile, rows, cols):
     builder, seed, shape = case
     data = builder.finish()
     graph = import_onnx_bytes(data)
@@ -121,5 +133,5 @@ def test_random_networks_compile_bit_exact(case, m_tile, n_tile):
     rng = np.random.default_rng(seed)
     qgraph = quantize(graph, rng.normal(0, 1, (16,) + shape).astype(np.float32), 8)
     x = rng.normal(0, 1, (3,) + shape).astype(np.float32)
-    _, out = run_compiled(qgraph, x, CompileLimits(scratch_bytes=16384, m_tile=m_tile, n_tile=n_tile))
+    _, out = run_compiled(qgraph, x, CompileLimits(scratch_bytes=16384, m_tile=m_tile, n_tile=n_tile, rows=rows, cols=cols))
     assert np.array_equal(out, run_int(qgraph, x))
