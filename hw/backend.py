@@ -1,0 +1,752 @@
+"""The programmable back end: a sequencer that runs the firmware on the GEMM engine.
+
+The sequencer fetches commands (:mod:`hoarfrost.firmware.isa`) from DRAM and executes them one
+after another:
+
+* ``LOAD``/``STORE`` copy bytes between DRAM and the scratchpad;
+* ``GEOM`` sets the window geometry registers;
+* ``MATMUL`` reads the tile's per-channel parameters, starts the :class:`GemmEngine` and feeds
+  it concurrently from three producers: the im2col *gatherer* (activation rows from the
+  scratchpad, padding as the zero point), the *weight feeder* (one contiguous DRAM read, the
+  compiler lays weights out in the array's order) and the *bias feeder*; the *drain* takes the
+  engine's int32 results through the :class:`Requantizer` into the scratchpad (CHW);
+* ``POOL`` (max/average, or a standalone clamp as a 1x1 max) and ``ADD`` (residual) run on a
+  scalar unit that shares the requantizer.
+
+The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
+bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness
+first; the gatherer, not the array, bounds convolution speed (``rows`` cycles per activation
+row), which the counters show.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hoarfrost.firmware.isa import (FIELDS, NO_PARAMS, POOL_AVG_PAD, POOL_MAX, SIGNED, Op)
+from hoarfrost.hw.config import BackendConfig
+from hoarfrost.hw.gemm_engine import GemmEngine
+from hoarfrost.hw.requant import Requantizer
+
+__all__ = ["BackEnd", "BACKEND_COUNTERS", "dram_request_layout"]
+
+MAX_FIELDS = max(len(f) for f in FIELDS.values())
+
+#: Event counters of :class:`BackEnd`, in port order, reset by ``start``.
+BACKEND_COUNTERS = (
+    "cycles",            # from start until done
+    "fetch_cycles",      # fetching and decoding commands
+    "matmul_cycles", "pool_cycles", "add_cycles", "copy_cycles",  # executing, per command kind
+    "commands",          # commands executed
+    "dram_read_bytes", "dram_write_bytes",
+    "scratch_reads", "scratch_writes",
+    "macs_issued", "macs_useful",           # summed over the GEMM engine's runs
+    "engine_busy_cycles", "engine_stall_cycles",
+)
+
+
+def dram_request_layout() -> data.StructLayout:
+    """A DRAM transfer request: ``length`` bytes from byte address ``addr``."""
+    return data.StructLayout({"addr": unsigned(32), "length": unsigned(32)})
+
+
+class BackEnd(wiring.Component):
+    """Sequencer, GEMM engine, scalar unit and scratchpad.
+
+    Parameters
+    ----------
+    config : BackendConfig
+        Array size, widths and GEMM-engine buffer depths.
+    scratch_bytes : int
+        Scratchpad size (bytes); the compiler allocates feature maps in it.
+    param_depth : int
+        Entries of the per-channel parameter buffers: the most output channels one ``MATMUL``
+        may cover, and the largest pooling window plus one.
+
+    Members
+    -------
+    start : ``In(1)``
+        Pulse while idle: run the program at ``program_addr``.
+    program_addr : ``In(32)``
+        DRAM byte address of the first command.
+    busy, done : ``Out(1)``
+        ``busy`` from the cycle after ``start`` until ``END``; ``done`` then pulses one cycle.
+    rd_cmd : ``Out(stream.Signature(dram_request_layout()))``
+        DRAM read requests.
+    rd_data : ``In(stream.Signature(8))``
+        The requested bytes, in order.
+    wr_cmd : ``Out(stream.Signature(dram_request_layout()))``
+        DRAM write requests.
+    wr_data : ``Out(stream.Signature(8))``
+        The bytes to write, in order.
+    cycles, fetch_cycles, ... : ``Out(counter_width)``
+        The counters of :data:`BACKEND_COUNTERS`.
+    """
+
+    def __init__(self, config: BackendConfig, *, scratch_bytes: int = 4096, param_depth: int = 64):
+        self._config = config
+        self.scratch_bytes = scratch_bytes
+        self.param_depth = param_depth
+        cw = config.counter_width
+        super().__init__({
+            "start": In(1),
+            "program_addr": In(32),
+            "busy": Out(1),
+            "done": Out(1),
+            "rd_cmd": Out(stream.Signature(dram_request_layout())),
+            "rd_data": In(stream.Signature(8)),
+            "wr_cmd": Out(stream.Signature(dram_request_layout())),
+            "wr_data": Out(stream.Signature(8)),
+            **{name: Out(cw) for name in BACKEND_COUNTERS},
+        })
+
+    @property
+    def config(self) -> BackendConfig:
+        return self._config
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self._config
+        R, C = cfg.rows, cfg.cols
+
+        m.submodules.engine = engine = GemmEngine(cfg)
+        m.submodules.requant = rq = Requantizer(cfg.acc_width)
+        m.submodules.scratch = scratch = Memory(shape=signed(8), depth=self.scratch_bytes, init=[])
+        s_rd, s_wr = scratch.read_port(), scratch.write_port()
+        # Per-channel parameters of the current MATMUL (or the pooling table).
+        m.submodules.bias_mem = bias_mem = Memory(shape=signed(32), depth=self.param_depth, init=[])
+        m.submodules.mult_mem = mult_mem = Memory(shape=unsigned(32), depth=self.param_depth, init=[])
+        m.submodules.shift_mem = shift_mem = Memory(shape=unsigned(32), depth=self.param_depth, init=[])
+        bias_wr, bias_rd = bias_mem.write_port(), bias_mem.read_port()
+        mult_wr, mult_rd = mult_mem.write_port(), mult_mem.read_port()
+        shift_wr, shift_rd = shift_mem.write_port(), shift_mem.read_port()
+
+        counters = {name: getattr(self, name) for name in BACKEND_COUNTERS}
+
+        def count(name, amount=1):
+            return counters[name].eq(counters[name] + amount)
+
+        # --- command registers ------------------------------------------------------------------
+        pc = Signal(32)
+        op = Signal(8)
+        n_fields = Signal(8)
+        fields = Array(Signal(32, name=f"field{i}") for i in range(MAX_FIELDS))
+
+        def field(command: Op, name: str):
+            value = fields[FIELDS[command].index(name)]
+            return value.as_signed() if name in SIGNED else value
+
+        geom_names = FIELDS[Op.GEOM]
+        geom = {name: Signal(16, name=f"g_{name}") for name in geom_names}
+
+        # --- DRAM read side: one requester (this FSM), bytes assembled into words ------------
+        word = Signal(32)
+        byte_idx = Signal(2)
+        rd_left = Signal(32)          # bytes of the current read not yet received
+        word_done = Signal()          # a whole little-endian word arrived this cycle
+        take_word_bytes = Signal()    # the current state consumes rd_data as words
+        m.d.comb += word_done.eq(take_word_bytes & self.rd_data.valid & (byte_idx == 3))
+        full_word = Signal(32)
+        m.d.comb += full_word.eq(Const(0, 32) | (self.rd_data.payload.as_unsigned() << 24) | (word >> 8))
+        with m.If(take_word_bytes & self.rd_data.valid):
+            m.d.comb += self.rd_data.ready.eq(1)
+            m.d.sync += [word.eq(full_word), byte_idx.eq(byte_idx + 1)]
+        with m.If(self.rd_data.valid & self.rd_data.ready):
+            m.d.sync += [rd_left.eq(rd_left - 1), count("dram_read_bytes")]
+
+        def dram_read(addr, length):
+            """Statements that post a read request (the state waits for rd_cmd.ready)."""
+            return [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(addr),
+                    self.rd_cmd.payload.length.eq(length)]
+
+        # --- engine control -------------------------------------------------------------------
+        mt = Signal(16)
+        nt = Signal(16)
+        k_total = Signal(16)
+        hw_in = Signal(32)            # in_h * in_w
+        hw_out = Signal(32)           # out_h * out_w
+        oy0 = Signal(16)
+        ox0 = Signal(16)
+        n_tiles = Signal(16)
+        k_tiles = Signal(16)
+        m.d.comb += [engine.m.eq(mt), engine.n.eq(nt), engine.k.eq(k_total),
+                     engine.zero_point.eq(field(Op.MATMUL, "zp_in"))]
+        engine_started = Signal()
+        mm_results = Signal(32)       # requantized results written to the scratchpad
+
+        # --- scalar-unit / drain share of the requantizer ------------------------------------
+        # Results leave the requantizer in input order; each user keeps a write pointer.
+        out_addr = Signal(32)
+        m.d.comb += [s_wr.addr.eq(out_addr), s_wr.data.eq(rq.o_stream.payload)]
+
+        # ======================================================================================
+        # The gatherer: activation rows for the engine (MATMUL).
+        # ======================================================================================
+        g_active = Signal()
+        g_kt = Signal(16)
+        g_m = Signal(16)
+        g_r = Signal(range(R + 1))
+        g_oy, g_ox = Signal(16), Signal(16)
+        g_c, g_ky, g_kx = Signal(16), Signal(16), Signal(16)        # index of the lane's k
+        g_base = [Signal(16, name=f"g_base_{n}") for n in ("c", "ky", "kx")]
+        g_next = [Signal(16, name=f"g_next_{n}") for n in ("c", "ky", "kx")]
+        g_k = Signal(16)              # k of the lane being requested
+        g_kbase = Signal(16)
+        g_pend = Signal()
+        g_pend_lane = Signal(range(R))
+        g_pend_pad = Signal()
+        g_beat = Signal(8 * R)        # lanes of the activation row being gathered (raw bits)
+        g_full = Signal()
+
+        zp_in = field(Op.MATMUL, "zp_in")
+        iy = Signal(signed(33))
+        ix = Signal(signed(33))
+        m.d.comb += [
+            iy.eq(g_oy * geom["sh"] + g_ky * geom["dh"] - geom["pad_top"]),
+            ix.eq(g_ox * geom["sw"] + g_kx * geom["dw"] - geom["pad_left"]),
+        ]
+        g_outside = Signal()
+        m.d.comb += g_outside.eq((g_k >= k_total) | (iy < 0) | (ix < 0)
+                                 | (iy >= geom["in_h"]) | (ix >= geom["in_w"]))
+        g_addr = Signal(32)
+        m.d.comb += g_addr.eq(field(Op.MATMUL, "src")
+                              + (field(Op.MATMUL, "c0") + g_c) * hw_in
+                              + iy.as_unsigned()[:32] * geom["in_w"] + ix.as_unsigned()[:32])
+
+        m.d.comb += [engine.a_stream.valid.eq(g_full), engine.a_stream.payload.eq(g_beat)]
+
+        def k_step(c, ky, kx):
+            """(c, ky, kx) advanced by one k (kx fastest, as the weight layout is)."""
+            last_kx = kx + 1 == geom["kw"]
+            last_ky = ky + 1 == geom["kh"]
+            return (Mux(last_kx & last_ky, c + 1, c),
+                    Mux(last_kx, Mux(last_ky, 0, ky + 1), ky),
+                    Mux(last_kx, 0, kx + 1))
+
+        gather_reads = Signal()
+        with m.If(g_active & ~g_full):
+            # Take last cycle's read into its lane.
+            with m.If(g_pend):
+                m.d.sync += g_beat.word_select(g_pend_lane, 8).eq(Mux(g_pend_pad, zp_in, s_rd.data))
+            with m.If(g_r < R):
+                m.d.comb += gather_reads.eq(~g_outside)
+                m.d.sync += [g_pend.eq(1), g_pend_lane.eq(g_r),
+                             g_pend_pad.eq(g_outside), g_r.eq(g_r + 1), g_k.eq(g_k + 1)]
+                nc, nky, nkx = k_step(g_c, g_ky, g_kx)
+                m.d.sync += [g_c.eq(nc), g_ky.eq(nky), g_kx.eq(nkx)]
+                with m.If(g_r == R - 1):
+                    m.d.sync += [g_next[0].eq(nc), g_next[1].eq(nky), g_next[2].eq(nkx)]
+            with m.Elif(g_pend):
+                m.d.sync += [g_pend.eq(0), g_full.eq(1)]
+        with m.If(engine.a_stream.valid & engine.a_stream.ready):
+            m.d.sync += [g_full.eq(0), g_r.eq(0)]
+            last_m = g_m + 1 == mt
+            with m.If(~last_m):
+                # next pixel, same K tile: lanes restart from the tile's base k
+                m.d.sync += [g_m.eq(g_m + 1), g_k.eq(g_kbase),
+                             g_c.eq(g_base[0]), g_ky.eq(g_base[1]), g_kx.eq(g_base[2])]
+                with m.If(g_ox + 1 == geom["out_w"]):
+                    m.d.sync += [g_ox.eq(0), g_oy.eq(g_oy + 1)]
+                with m.Else():
+                    m.d.sync += g_ox.eq(g_ox + 1)
+            with m.Else():
+                m.d.sync += [g_m.eq(0), g_oy.eq(oy0), g_ox.eq(ox0), g_kt.eq(g_kt + 1),
+                             g_kbase.eq(g_kbase + R), g_k.eq(g_kbase + R),
+                             *(b.eq(n) for b, n in zip(g_base, g_next)),
+                             g_c.eq(g_next[0]), g_ky.eq(g_next[1]), g_kx.eq(g_next[2])]
+                with m.If(g_kt + 1 == k_tiles):
+                    m.d.sync += g_active.eq(0)
+
+        # ======================================================================================
+        # The weight feeder: DRAM bytes -> rows of ``cols`` weights.
+        # ======================================================================================
+        w_active = Signal()
+        w_lane = Signal(range(C + 1))
+        w_beat = Signal(cfg.weight_bits * C)
+        w_full = Signal()
+        m.d.comb += [engine.b_stream.valid.eq(w_full), engine.b_stream.payload.eq(w_beat)]
+        with m.If(w_active & ~w_full & self.rd_data.valid):
+            m.d.comb += self.rd_data.ready.eq(1)
+            m.d.sync += [w_beat.word_select(w_lane, cfg.weight_bits).eq(self.rd_data.payload[:cfg.weight_bits]),
+                         w_lane.eq(w_lane + 1)]
+            with m.If(w_lane == C - 1):
+                m.d.sync += [w_full.eq(1), w_lane.eq(0)]
+                with m.If(rd_left == 1):
+                    m.d.sync += w_active.eq(0)
+        with m.If(engine.b_stream.valid & engine.b_stream.ready):
+            m.d.sync += w_full.eq(0)
+
+        # ======================================================================================
+        # The bias feeder: ``cols`` biases per N tile from the parameter buffer.
+        # ======================================================================================
+        b_active = Signal()
+        b_tile = Signal(16)
+        b_lane = Signal(range(C + 1))
+        b_pend = Signal()
+        b_pend_lane = Signal(range(C))
+        b_pend_zero = Signal()
+        b_beat = Signal(cfg.acc_width * C)
+        b_full = Signal()
+        b_n = Signal(16)              # channel of the lane being requested (tile * cols + lane)
+        m.d.comb += [engine.bias_stream.valid.eq(b_full), engine.bias_stream.payload.eq(b_beat),
+                     bias_rd.addr.eq(b_n)]
+        with m.If(b_active & ~b_full):
+            with m.If(b_pend):
+                m.d.sync += b_beat.word_select(b_pend_lane, cfg.acc_width).eq(Mux(b_pend_zero, 0, bias_rd.data))
+            with m.If(b_lane < C):
+                m.d.sync += [b_pend.eq(1), b_pend_lane.eq(b_lane),
+                             b_pend_zero.eq(b_n >= nt), b_lane.eq(b_lane + 1), b_n.eq(b_n + 1)]
+            with m.Elif(b_pend):
+                m.d.sync += [b_pend.eq(0), b_full.eq(1)]
+        with m.If(engine.bias_stream.valid & engine.bias_stream.ready):
+            m.d.sync += [b_full.eq(0), b_lane.eq(0), b_tile.eq(b_tile + 1)]
+            with m.If(b_tile + 1 == n_tiles):
+                m.d.sync += b_active.eq(0)
+
+        # ======================================================================================
+        # The drain: engine results -> requantizer, one channel at a time.
+        # ======================================================================================
+        d_beat = Signal(cfg.acc_width * C)
+        d_have = Signal()
+        d_lane = Signal(range(C + 1))
+        d_n = Signal(16)              # channel of d_lane
+        d_tile_n = Signal(16)         # first channel of the current N tile
+        d_m = Signal(16)
+        d_addr_phase = Signal()       # parameters for d_n are being read this cycle
+        drain_rq = Signal()           # the drain drives the requantizer input
+        m.d.comb += [engine.o_stream.ready.eq(engine_started & ~d_have),
+                     mult_rd.addr.eq(d_n), shift_rd.addr.eq(d_n)]
+        with m.If(engine.o_stream.valid & engine.o_stream.ready):
+            m.d.sync += [d_beat.eq(engine.o_stream.payload), d_have.eq(1), d_lane.eq(0),
+                         d_n.eq(d_tile_n), d_addr_phase.eq(1)]
+        with m.If(d_have):
+            with m.If(d_addr_phase):
+                m.d.sync += d_addr_phase.eq(0)
+            with m.Elif((d_lane == C) | (d_n >= nt)):
+                # beat done: next pixel, or the next N tile after the last pixel
+                m.d.sync += d_have.eq(0)
+                with m.If(d_m + 1 == mt):
+                    m.d.sync += [d_m.eq(0), d_tile_n.eq(d_tile_n + C)]
+                with m.Else():
+                    m.d.sync += d_m.eq(d_m + 1)
+            with m.Else():
+                m.d.comb += drain_rq.eq(1)
+                with m.If(rq.i_stream.ready):
+                    m.d.sync += [d_lane.eq(d_lane + 1), d_n.eq(d_n + 1), d_addr_phase.eq(1)]
+
+        # MATMUL write pointer, advanced in the drain's order (channel-major within a pixel).
+        w_n = Signal(16)              # channel of the next result leaving the requantizer
+        w_tile_n = Signal(16)
+        w_m = Signal(16)
+        mm_out_addr = Signal(32)
+        m.d.comb += mm_out_addr.eq(field(Op.MATMUL, "dst") + (field(Op.MATMUL, "n0") + w_n) * hw_out
+                                   + field(Op.MATMUL, "m0") + w_m)
+
+        # ======================================================================================
+        # The scalar unit: POOL and ADD, one element at a time.
+        # ======================================================================================
+        p_c, p_oy, p_ox, p_ky, p_kx = (Signal(16, name=f"p_{n}") for n in ("c", "oy", "ox", "ky", "kx"))
+        p_acc = Signal(signed(32))
+        p_count = Signal(16)
+        p_mult = Signal(32)           # MAX rescale pair, read before the loop
+        p_shift = Signal(32)
+        p_rescale = Signal()
+        p_phase = Signal(3)           # 0: address tap, 1: read, 2: take tap, 3: table, 4: push
+        p_iy, p_ix = Signal(signed(33)), Signal(signed(33))
+        m.d.comb += [p_iy.eq(p_oy * geom["sh"] + p_ky - geom["pad_top"]),
+                     p_ix.eq(p_ox * geom["sw"] + p_kx - geom["pad_left"])]
+        p_inside = Signal()
+        p_counted = Signal()
+        m.d.comb += [
+            p_inside.eq((p_iy >= 0) & (p_ix >= 0) & (p_iy < geom["in_h"]) & (p_ix < geom["in_w"])),
+            p_counted.eq((p_iy + geom["pad_top"] >= 0) & (p_ix + geom["pad_left"] >= 0)
+                         & (p_iy < geom["in_h"] + geom["pad_bottom"])
+                         & (p_ix < geom["in_w"] + geom["pad_right"])),
+        ]
+        p_addr = Signal(32)
+        m.d.comb += p_addr.eq(field(Op.POOL, "src") + p_c * hw_in
+                              + p_iy.as_unsigned()[:32] * geom["in_w"] + p_ix.as_unsigned()[:32])
+        p_elements = Signal(32)       # outputs left (POOL) or elements left (ADD)
+        a_first = Signal(signed(9))   # ADD: a - zp_a, kept while b is read
+        a_idx = Signal(32)
+
+        unit_rq = Signal()            # the scalar unit drives the requantizer input
+        unit_payload = Signal(rq.i_stream.payload.shape())
+
+        # Requantizer input: the drain or the scalar unit (never both: different commands).
+        with m.If(drain_rq):
+            m.d.comb += [
+                rq.i_stream.valid.eq(1),
+                rq.i_stream.payload.acc.eq(d_beat.word_select(d_lane, cfg.acc_width).as_signed()),
+                rq.i_stream.payload.multiplier.eq(mult_rd.data),
+                rq.i_stream.payload.shift.eq(shift_rd.data),
+                rq.i_stream.payload.zero_point.eq(field(Op.MATMUL, "zp_out")),
+                rq.i_stream.payload.lo.eq(field(Op.MATMUL, "lo")),
+                rq.i_stream.payload.hi.eq(field(Op.MATMUL, "hi")),
+            ]
+        with m.Elif(unit_rq):
+            m.d.comb += [rq.i_stream.valid.eq(1), rq.i_stream.payload.eq(unit_payload)]
+
+        # Requantizer output -> scratchpad.
+        m.d.comb += rq.o_stream.ready.eq(1)
+        with m.If(rq.o_stream.valid):
+            m.d.comb += s_wr.en.eq(1)
+            m.d.sync += [count("scratch_writes"), out_addr.eq(out_addr + 1)]
+
+        # ======================================================================================
+        # The sequencer.
+        # ======================================================================================
+        copy_i = Signal(32)
+        param_i = Signal(16)          # parameter word being loaded
+        param_words = Signal(16)
+        param_rec = Signal(2)         # words per record: 3 (bias, mult, shift) or 2 (mult, shift)
+        field_i = Signal(8)
+        div_rem = Signal(16)
+
+        counter_names = ("macs_issued", "macs_useful", "engine_busy_cycles", "engine_stall_cycles")
+        engine_names = ("macs_issued", "macs_useful", "busy_cycles", "stall_cycles")
+
+        with m.If(self.busy):
+            m.d.sync += count("cycles")
+
+        s_rd_addr = Signal(32)
+        m.d.comb += s_rd.addr.eq(s_rd_addr)
+
+        with m.FSM(name="sequencer"):
+            with m.State("IDLE"):
+                with m.If(self.start):
+                    m.d.sync += [pc.eq(self.program_addr), self.busy.eq(1),
+                                 *(c.eq(0) for c in counters.values())]
+                    m.next = "FETCH"
+
+            with m.State("FETCH"):
+                m.d.sync += count("fetch_cycles")
+                m.d.comb += dram_read(pc, 4)
+                with m.If(self.rd_cmd.ready):
+                    m.d.sync += [rd_left.eq(4), byte_idx.eq(0)]
+                    m.next = "HEADER"
+
+            with m.State("HEADER"):
+                m.d.sync += count("fetch_cycles")
+                m.d.comb += take_word_bytes.eq(1)
+                with m.If(word_done):
+                    m.d.sync += [op.eq(full_word[24:]), n_fields.eq(full_word[:8]),
+                                 pc.eq(pc + 4), field_i.eq(0), count("commands")]
+                    with m.If(full_word[:8] == 0):
+                        m.next = "DISPATCH"
+                    with m.Else():
+                        m.next = "FIELDS_REQ"
+
+            with m.State("FIELDS_REQ"):
+                m.d.sync += count("fetch_cycles")
+                m.d.comb += dram_read(pc, n_fields * 4)
+                with m.If(self.rd_cmd.ready):
+                    m.d.sync += [rd_left.eq(n_fields * 4), byte_idx.eq(0)]
+                    m.next = "FIELDS"
+
+            with m.State("FIELDS"):
+                m.d.sync += count("fetch_cycles")
+                m.d.comb += take_word_bytes.eq(1)
+                with m.If(word_done):
+                    m.d.sync += [fields[field_i].eq(full_word), field_i.eq(field_i + 1),
+                                 pc.eq(pc + 4)]
+                    with m.If(field_i + 1 == n_fields):
+                        m.next = "DISPATCH"
+
+            with m.State("DISPATCH"):
+                m.d.sync += count("fetch_cycles")
+                with m.Switch(op):
+                    with m.Case(Op.LOAD):
+                        m.next = "LOAD_REQ"
+                    with m.Case(Op.STORE):
+                        m.next = "STORE_REQ"
+                    with m.Case(Op.GEOM):
+                        m.d.sync += [geom[name].eq(field(Op.GEOM, name)) for name in geom_names]
+                        m.d.sync += [hw_in.eq(field(Op.GEOM, "in_h") * field(Op.GEOM, "in_w")),
+                                     hw_out.eq(field(Op.GEOM, "out_h") * field(Op.GEOM, "out_w"))]
+                        m.next = "FETCH"
+                    with m.Case(Op.MATMUL):
+                        m.d.sync += [mt.eq(field(Op.MATMUL, "mt")), nt.eq(field(Op.MATMUL, "nt")),
+                                     k_total.eq(field(Op.MATMUL, "cg") * geom["kh"] * geom["kw"]),
+                                     oy0.eq(0), div_rem.eq(field(Op.MATMUL, "m0"))]
+                        m.next = "MM_DIVIDE"
+                    with m.Case(Op.POOL):
+                        m.next = "POOL_SETUP"
+                    with m.Case(Op.ADD):
+                        m.d.sync += [a_idx.eq(0), out_addr.eq(field(Op.ADD, "dst")), p_phase.eq(0)]
+                        m.next = "ADD_A"
+                    with m.Case(Op.SYNC):
+                        m.next = "FETCH"
+                    with m.Case(Op.END):
+                        m.next = "END"
+                    with m.Default():
+                        m.next = "END"          # an unknown op stops the machine
+
+            # ---- LOAD / STORE ---------------------------------------------------------------
+            with m.State("LOAD_REQ"):
+                m.d.sync += count("copy_cycles")
+                m.d.comb += dram_read(field(Op.LOAD, "dram_addr"), field(Op.LOAD, "length"))
+                with m.If(self.rd_cmd.ready):
+                    m.d.sync += [rd_left.eq(field(Op.LOAD, "length")), copy_i.eq(0)]
+                    m.next = "LOAD_DATA"
+            with m.State("LOAD_DATA"):
+                m.d.sync += count("copy_cycles")
+                with m.If(copy_i == field(Op.LOAD, "length")):
+                    m.next = "FETCH"
+                with m.Elif(self.rd_data.valid):
+                    m.d.comb += [self.rd_data.ready.eq(1), s_wr.en.eq(1),
+                                 s_wr.addr.eq(field(Op.LOAD, "dst") + copy_i),
+                                 s_wr.data.eq(self.rd_data.payload)]
+                    m.d.sync += [copy_i.eq(copy_i + 1), count("scratch_writes")]
+
+            with m.State("STORE_REQ"):
+                m.d.sync += count("copy_cycles")
+                m.d.comb += [self.wr_cmd.valid.eq(1),
+                             self.wr_cmd.payload.addr.eq(field(Op.STORE, "dram_addr")),
+                             self.wr_cmd.payload.length.eq(field(Op.STORE, "length"))]
+                with m.If(self.wr_cmd.ready):
+                    m.d.sync += [copy_i.eq(0), s_rd_addr.eq(field(Op.STORE, "src"))]
+                    m.next = "STORE_READ"
+            with m.State("STORE_READ"):
+                m.d.sync += count("copy_cycles")
+                with m.If(copy_i == field(Op.STORE, "length")):
+                    m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += count("scratch_reads")
+                    m.next = "STORE_SEND"       # the read port has the byte next cycle
+            with m.State("STORE_SEND"):
+                m.d.sync += count("copy_cycles")
+                m.d.comb += [self.wr_data.valid.eq(1), self.wr_data.payload.eq(s_rd.data)]
+                with m.If(self.wr_data.ready):
+                    m.d.sync += [copy_i.eq(copy_i + 1), s_rd_addr.eq(s_rd_addr + 1),
+                                 count("dram_write_bytes")]
+                    m.next = "STORE_READ"
+
+            # ---- MATMUL ---------------------------------------------------------------------
+            with m.State("MM_DIVIDE"):
+                # (oy0, ox0) = divmod(m0, out_w) by repeated subtraction (at most out_h steps)
+                m.d.sync += count("matmul_cycles")
+                with m.If(div_rem >= geom["out_w"]):
+                    m.d.sync += [div_rem.eq(div_rem - geom["out_w"]), oy0.eq(oy0 + 1)]
+                with m.Else():
+                    m.d.sync += [ox0.eq(div_rem),
+                                 n_tiles.eq((nt + C - 1) // C), k_tiles.eq((k_total + R - 1) // R),
+                                 param_i.eq(0), param_words.eq(nt * 3), param_rec.eq(3)]
+                    m.next = "MM_PARAMS_REQ"
+            with m.State("MM_PARAMS_REQ"):
+                m.d.sync += count("matmul_cycles")
+                m.d.comb += dram_read(field(Op.MATMUL, "p_addr"), nt * 12)
+                with m.If(self.rd_cmd.ready):
+                    m.d.sync += [rd_left.eq(nt * 12), byte_idx.eq(0)]
+                    m.next = "PARAMS"
+            with m.State("MM_START"):
+                m.d.sync += count("matmul_cycles")
+                m.d.comb += dram_read(field(Op.MATMUL, "w_addr"), n_tiles * k_tiles * (R * C))
+                with m.If(self.rd_cmd.ready):
+                    m.d.comb += engine.start.eq(1)
+                    m.d.sync += [
+                        rd_left.eq(n_tiles * k_tiles * (R * C)), engine_started.eq(1),
+                        # gatherer
+                        g_active.eq(1), g_full.eq(0), g_pend.eq(0), g_kt.eq(0), g_m.eq(0),
+                        g_r.eq(0), g_oy.eq(oy0), g_ox.eq(ox0), g_k.eq(0), g_kbase.eq(0),
+                        g_c.eq(0), g_ky.eq(0), g_kx.eq(0),
+                        *(b.eq(0) for b in g_base),
+                        # weight and bias feeders
+                        w_active.eq(1), w_full.eq(0), w_lane.eq(0),
+                        b_active.eq(1), b_full.eq(0), b_pend.eq(0), b_lane.eq(0), b_tile.eq(0),
+                        b_n.eq(0),
+                        # drain and write pointer
+                        d_have.eq(0), d_tile_n.eq(0), d_m.eq(0),
+                        w_n.eq(0), w_tile_n.eq(0), w_m.eq(0), mm_results.eq(0),
+                    ]
+                    m.next = "MM_RUN"
+            with m.State("MM_RUN"):
+                m.d.sync += count("matmul_cycles")
+                with m.If(rq.o_stream.valid):
+                    m.d.comb += s_wr.addr.eq(mm_out_addr)
+                    m.d.sync += mm_results.eq(mm_results + 1)
+                    # next result: the next channel of this pixel, else the next pixel
+                    with m.If((w_n + 1 == nt) | (w_n + 1 == w_tile_n + C)):
+                        with m.If(w_m + 1 == mt):
+                            m.d.sync += [w_m.eq(0), w_tile_n.eq(w_tile_n + C), w_n.eq(w_tile_n + C)]
+                        with m.Else():
+                            m.d.sync += [w_m.eq(w_m + 1), w_n.eq(w_tile_n)]
+                    with m.Else():
+                        m.d.sync += w_n.eq(w_n + 1)
+                with m.If(gather_reads):
+                    m.d.sync += count("scratch_reads")
+                with m.If(engine_started & ~engine.busy & (mm_results == mt * nt)):
+                    m.d.sync += [engine_started.eq(0)]
+                    m.d.sync += [counters[ours].eq(counters[ours] + getattr(engine, theirs))
+                                 for ours, theirs in zip(counter_names, engine_names)]
+                    m.next = "FETCH"
+
+            # ---- parameter loading (MATMUL records, pooling tables) ----------------------------
+            with m.State("PARAMS"):
+                with m.If(op == Op.MATMUL):
+                    m.d.sync += count("matmul_cycles")
+                with m.Else():
+                    m.d.sync += count("pool_cycles")
+                m.d.comb += take_word_bytes.eq(1)
+                rec = Signal(16)
+                slot = Signal(2)
+                # record index and word within it, from param_i (records of 2 or 3 words)
+                m.d.comb += [rec.eq(Mux(param_rec == 3, param_i // 3, param_i >> 1)),
+                             slot.eq(Mux(param_rec == 3, param_i % 3, (param_i & 1) + 1))]
+                with m.If(word_done):
+                    m.d.comb += [bias_wr.addr.eq(rec), mult_wr.addr.eq(rec), shift_wr.addr.eq(rec),
+                                 bias_wr.data.eq(full_word), mult_wr.data.eq(full_word),
+                                 shift_wr.data.eq(full_word)]
+                    with m.Switch(slot):
+                        with m.Case(0):
+                            m.d.comb += bias_wr.en.eq(1)
+                        with m.Case(1):
+                            m.d.comb += mult_wr.en.eq(1)
+                        with m.Case(2):
+                            m.d.comb += shift_wr.en.eq(1)
+                    m.d.sync += param_i.eq(param_i + 1)
+                    with m.If(param_i + 1 == param_words):
+                        with m.If(op == Op.MATMUL):
+                            m.next = "MM_START"
+                        with m.Else():
+                            m.next = "POOL_RUN"
+
+            # ---- POOL -----------------------------------------------------------------------
+            with m.State("POOL_SETUP"):
+                m.d.sync += count("pool_cycles")
+                m.d.sync += [p_c.eq(0), p_oy.eq(0), p_ox.eq(0), p_ky.eq(0), p_kx.eq(0),
+                             p_phase.eq(0), p_count.eq(0), out_addr.eq(field(Op.POOL, "dst")),
+                             p_elements.eq(geom["in_c"] * hw_out),
+                             p_acc.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, -128, 0)),
+                             p_rescale.eq(field(Op.POOL, "p_addr") != NO_PARAMS),
+                             param_i.eq(0), param_rec.eq(2),
+                             param_words.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, 2,
+                                                (geom["kh"] * geom["kw"] + 1) * 2))]
+                with m.If(field(Op.POOL, "p_addr") == NO_PARAMS):
+                    m.next = "POOL_RUN"
+                with m.Else():
+                    m.next = "POOL_PARAMS_REQ"
+            with m.State("POOL_PARAMS_REQ"):
+                m.d.sync += count("pool_cycles")
+                m.d.comb += dram_read(field(Op.POOL, "p_addr"), param_words * 4)
+                with m.If(self.rd_cmd.ready):
+                    m.d.sync += [rd_left.eq(param_words * 4), byte_idx.eq(0)]
+                    m.next = "PARAMS"
+            with m.State("POOL_RUN"):
+                m.d.sync += count("pool_cycles")
+                kind = field(Op.POOL, "kind")
+                is_max = kind == POOL_MAX
+                last_tap = (p_kx + 1 == geom["kw"]) & (p_ky + 1 == geom["kh"])
+                with m.If(p_elements == 0):
+                    with m.If(~rq.o_stream.valid & ~rq.i_stream.valid & (out_addr == field(Op.POOL, "dst") + geom["in_c"] * hw_out)):
+                        m.next = "FETCH"
+                with m.Elif(p_phase == 0):
+                    # request the tap (a padded tap needs no read)
+                    m.d.sync += [s_rd_addr.eq(p_addr), p_phase.eq(1)]
+                    with m.If(p_inside):
+                        m.d.sync += count("scratch_reads")
+                with m.Elif(p_phase == 1):
+                    # the read port holds the tap now (address was registered last cycle) -> wait one more
+                    m.d.sync += p_phase.eq(2)
+                with m.Elif(p_phase == 2):
+                    value = s_rd.data
+                    with m.If(p_inside):
+                        with m.If(is_max):
+                            with m.If(value > p_acc):
+                                m.d.sync += p_acc.eq(value)
+                        with m.Else():
+                            m.d.sync += p_acc.eq(p_acc + value - field(Op.POOL, "zp_in"))
+                    with m.If(Mux(kind == POOL_AVG_PAD, p_counted, p_inside)):
+                        m.d.sync += p_count.eq(p_count + 1)
+                    with m.If(last_tap):
+                        m.d.sync += p_phase.eq(3)
+                    with m.Else():
+                        m.d.sync += p_phase.eq(0)
+                        with m.If(p_kx + 1 == geom["kw"]):
+                            m.d.sync += [p_kx.eq(0), p_ky.eq(p_ky + 1)]
+                        with m.Else():
+                            m.d.sync += p_kx.eq(p_kx + 1)
+                with m.Elif(p_phase == 3):
+                    # the table entry for this window's element count is read next cycle
+                    m.d.comb += [mult_rd.addr.eq(Mux(is_max, 0, p_count)),
+                                 shift_rd.addr.eq(Mux(is_max, 0, p_count))]
+                    m.d.sync += p_phase.eq(4)
+                with m.Else():
+                    # push the window's result into the requantizer
+                    clamped = Signal(signed(32))
+                    lo_in, hi_in = field(Op.POOL, "lo_in"), field(Op.POOL, "hi_in")
+                    m.d.comb += clamped.eq(Mux(p_acc < lo_in, lo_in, Mux(p_acc > hi_in, hi_in, p_acc)))
+                    m.d.comb += [mult_rd.addr.eq(Mux(is_max, 0, p_count)),
+                                 shift_rd.addr.eq(Mux(is_max, 0, p_count))]
+                    m.d.comb += unit_rq.eq(1)
+                    with m.If(is_max):
+                        with m.If(p_rescale):
+                            m.d.comb += [unit_payload.acc.eq(clamped - field(Op.POOL, "zp_in")),
+                                         unit_payload.multiplier.eq(mult_rd.data),
+                                         unit_payload.shift.eq(shift_rd.data),
+                                         unit_payload.zero_point.eq(field(Op.POOL, "zp_out"))]
+                        with m.Else():
+                            m.d.comb += [unit_payload.acc.eq(clamped), unit_payload.multiplier.eq(1),
+                                         unit_payload.shift.eq(0), unit_payload.zero_point.eq(0)]
+                        m.d.comb += [unit_payload.lo.eq(-128), unit_payload.hi.eq(127)]
+                    with m.Else():
+                        m.d.comb += [unit_payload.acc.eq(p_acc), unit_payload.multiplier.eq(mult_rd.data),
+                                     unit_payload.shift.eq(shift_rd.data),
+                                     unit_payload.zero_point.eq(field(Op.POOL, "zp_out")),
+                                     unit_payload.lo.eq(lo_in), unit_payload.hi.eq(hi_in)]
+                    with m.If(rq.i_stream.ready):
+                        m.d.sync += [p_phase.eq(0), p_kx.eq(0), p_ky.eq(0), p_count.eq(0),
+                                     p_acc.eq(Mux(is_max, -128, 0)), p_elements.eq(p_elements - 1)]
+                        with m.If(p_ox + 1 == geom["out_w"]):
+                            m.d.sync += p_ox.eq(0)
+                            with m.If(p_oy + 1 == geom["out_h"]):
+                                m.d.sync += [p_oy.eq(0), p_c.eq(p_c + 1)]
+                            with m.Else():
+                                m.d.sync += p_oy.eq(p_oy + 1)
+                        with m.Else():
+                            m.d.sync += p_ox.eq(p_ox + 1)
+
+            # ---- ADD ------------------------------------------------------------------------
+            with m.State("ADD_A"):
+                m.d.sync += count("add_cycles")
+                with m.If(a_idx == field(Op.ADD, "length")):
+                    with m.If(~rq.o_stream.valid & ~rq.i_stream.valid
+                              & (out_addr == field(Op.ADD, "dst") + field(Op.ADD, "length"))):
+                        m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx), count("scratch_reads")]
+                    m.next = "ADD_B"
+            with m.State("ADD_B"):
+                m.d.sync += count("add_cycles")
+                m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_b") + a_idx), count("scratch_reads")]
+                m.next = "ADD_TAKE_A"
+            with m.State("ADD_TAKE_A"):
+                m.d.sync += count("add_cycles")
+                m.d.sync += a_first.eq(s_rd.data - field(Op.ADD, "zp_a"))
+                m.next = "ADD_PUSH"
+            with m.State("ADD_PUSH"):
+                m.d.sync += count("add_cycles")
+                m.d.comb += [unit_rq.eq(1),
+                             unit_payload.acc.eq(a_first * field(Op.ADD, "mult_a")
+                                                 + (s_rd.data - field(Op.ADD, "zp_b")) * field(Op.ADD, "mult_b")),
+                             unit_payload.multiplier.eq(1),
+                             unit_payload.shift.eq(field(Op.ADD, "shift")),
+                             unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
+                             unit_payload.lo.eq(field(Op.ADD, "lo")),
+                             unit_payload.hi.eq(field(Op.ADD, "hi"))]
+                with m.If(rq.i_stream.ready):
+                    m.d.sync += a_idx.eq(a_idx + 1)
+                    m.next = "ADD_A"
+
+            with m.State("END"):
+                m.d.sync += self.busy.eq(0)
+                m.d.comb += self.done.eq(1)
+                m.next = "IDLE"
+
+        # The gatherer owns the scratchpad read port while a MATMUL runs.
+        with m.If(g_active & ~g_full):
+            m.d.comb += s_rd.addr.eq(g_addr)
+        return m

@@ -1,0 +1,122 @@
+"""The one configuration of the programmable back end: gateware, cycle model and bench read it.
+
+A :class:`BackendConfig` fixes the size of the systolic array, the operand and accumulator
+widths and the depths of the on-chip buffers. Named presets are made from :data:`DEFAULT` with
+:func:`dataclasses.replace`, so every preset differs from it only where it says so (after
+Gemmini's ``GemminiConfigs.scala``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+__all__ = ["BackendConfig", "DEFAULT", "ICEBREAKER", "ULX3S"]
+
+
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BackendConfig:
+    """Size and widths of the systolic array and its GEMM engine.
+
+    Parameters
+    ----------
+    rows : int
+        Processing-element rows of the array: the K extent of a weight tile.
+    cols : int
+        Processing-element columns: the N extent of a weight tile.
+    weight_bits : int
+        Width of the signed weights, 8, 4 or 2.
+    act_bits : int
+        Width of the int8 activations as stored; the array multiplies ``x - zero_point``,
+        one bit wider.
+    acc_width : int
+        Width of the signed accumulators and of the results (wrapping, as ``int32`` does).
+    a_depth : int
+        Entries of the activation buffer, each ``rows`` activations (one row of A restricted to
+        one K tile). A GEMM needs ``M * ceil(K / rows)`` of them.
+    w_depth : int
+        Entries of the weight buffer, each ``cols`` weights (one row of a weight tile); a power
+        of two of at least ``2 * rows`` so the next tile loads while the current one computes.
+    acc_depth : int
+        Rows of each of the two accumulator banks: the largest M the engine takes.
+    counter_width : int
+        Width of the event counters (they wrap).
+    """
+
+    rows: int = 4
+    cols: int = 4
+    weight_bits: int = 8
+    act_bits: int = 8
+    acc_width: int = 32
+    a_depth: int = 512
+    w_depth: int = 16
+    acc_depth: int = 128
+    counter_width: int = 32
+
+    def __post_init__(self):
+        for name in ("rows", "cols", "a_depth", "acc_depth"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if self.weight_bits not in (2, 4, 8):
+            raise ValueError(f"weight_bits must be 8, 4 or 2, not {self.weight_bits!r}")
+        if self.act_bits != 8:
+            raise ValueError(f"act_bits must be 8 (int8 activations), not {self.act_bits!r}")
+        if self.acc_width < self.act_bits + 1 + self.weight_bits:
+            raise ValueError(f"acc_width must be at least {self.act_bits + 1 + self.weight_bits}, "
+                             f"not {self.acc_width!r}")
+        if not _is_power_of_two(self.w_depth) or self.w_depth < 2 * self.rows:
+            raise ValueError(f"w_depth must be a power of two of at least 2 * rows = "
+                             f"{2 * self.rows}, not {self.w_depth!r}")
+        if self.counter_width < 16:
+            raise ValueError(f"counter_width must be at least 16, not {self.counter_width!r}")
+
+    @property
+    def pe_count(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def x_bits(self) -> int:
+        """Width of ``x - zero_point`` as the array multiplies it (signed)."""
+        return self.act_bits + 1
+
+    def tiles(self, m: int, n: int, k: int) -> tuple[int, int, int]:
+        """``(k_tiles, n_tiles, slots)`` of a GEMM: tile counts and cycles issued per tile."""
+        return (math.ceil(k / self.rows), math.ceil(n / self.cols),
+                max(m, self.rows, self.cols))
+
+    def check_gemm(self, m: int, n: int, k: int) -> None:
+        """Raise ``ValueError`` naming the cause if ``C[m, n] = A[m, k] @ B[k, n]`` does not fit."""
+        for name, value in (("M", m), ("N", n), ("K", k)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if m > self.acc_depth:
+            raise ValueError(f"M = {m} exceeds the accumulator bank depth {self.acc_depth}")
+        k_tiles = math.ceil(k / self.rows)
+        if m * k_tiles > self.a_depth:
+            raise ValueError(f"A needs {m} x {k_tiles} = {m * k_tiles} activation-buffer entries, "
+                             f"more than a_depth = {self.a_depth}")
+
+    def sized_for(self, m: int, n: int, k: int) -> "BackendConfig":
+        """This configuration with buffers just large enough (powers of two) for one GEMM."""
+        k_tiles = math.ceil(k / self.rows)
+        return dataclasses.replace(
+            self,
+            a_depth=max(self.a_depth, 1 << (m * k_tiles - 1).bit_length()),
+            acc_depth=max(self.acc_depth, 1 << (m - 1).bit_length()),
+        )
+
+
+#: A mid-sized array for simulation and tests.
+DEFAULT = BackendConfig()
+
+#: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers.
+ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
+                                 acc_depth=64)
+
+#: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
+ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

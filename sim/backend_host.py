@@ -1,0 +1,78 @@
+"""Host side of the back end in simulation: DRAM contents, the DRAM model, and results.
+
+:func:`dram_image` lays out one DRAM for a compiled program (weights, parameters, I/O, then the
+firmware); :func:`amaranth_dram` is an amaranth.sim testbench serving the back end's DRAM byte
+streams from it, with random stalls on every stream.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from hoarfrost.firmware.isa import encode
+
+
+def dram_image(program, x_int8: np.ndarray) -> tuple[bytearray, int]:
+    """DRAM holding ``program`` with input ``x_int8`` (one image); returns (dram, firmware addr)."""
+    firmware = encode(program.commands)
+    base = -(-program.dram_bytes // 4) * 4
+    dram = bytearray(base + len(firmware))
+    dram[:len(program.image)] = program.image
+    blob = np.ascontiguousarray(x_int8, dtype=np.int8).tobytes()
+    dram[program.input_addr:program.input_addr + len(blob)] = blob
+    dram[base:] = firmware
+    return dram, base
+
+
+def read_output(program, dram: bytearray) -> np.ndarray:
+    n = int(np.prod(program.output_shape))
+    out = np.frombuffer(bytes(dram[program.output_addr:program.output_addr + n]), dtype=np.int8)
+    return out.reshape(program.output_shape).copy()
+
+
+def amaranth_dram(dut, dram: bytearray, *, seed: int = 0, stall_prob: float = 0.0):
+    """Two testbench coroutines (reads, writes) serving ``dut``'s DRAM streams from ``dram``."""
+    rng = random.Random(seed)
+
+    def stall():
+        return stall_prob and rng.random() < stall_prob
+
+    async def reads(ctx):
+        while True:
+            ctx.set(dut.rd_cmd.ready, 0 if stall() else 1)
+            *_, valid, ready, addr, length = await ctx.tick().sample(
+                dut.rd_cmd.valid, dut.rd_cmd.ready, dut.rd_cmd.payload.addr, dut.rd_cmd.payload.length)
+            if not (valid and ready):
+                continue
+            ctx.set(dut.rd_cmd.ready, 0)
+            for i in range(length):
+                while stall():
+                    ctx.set(dut.rd_data.valid, 0)
+                    await ctx.tick()
+                ctx.set(dut.rd_data.payload, dram[addr + i])
+                ctx.set(dut.rd_data.valid, 1)
+                await ctx.tick().until(dut.rd_data.ready)
+            ctx.set(dut.rd_data.valid, 0)
+
+    async def writes(ctx):
+        while True:
+            ctx.set(dut.wr_cmd.ready, 1)
+            *_, valid, addr, length = await ctx.tick().sample(
+                dut.wr_cmd.valid, dut.wr_cmd.payload.addr, dut.wr_cmd.payload.length)
+            if not valid:
+                continue
+            ctx.set(dut.wr_cmd.ready, 0)
+            for i in range(length):
+                ready = not stall()
+                ctx.set(dut.wr_data.ready, ready)
+                *_, v, byte = await ctx.tick().sample(dut.wr_data.valid, dut.wr_data.payload)
+                while not (v and ready):
+                    ready = not stall()
+                    ctx.set(dut.wr_data.ready, ready)
+                    *_, v, byte = await ctx.tick().sample(dut.wr_data.valid, dut.wr_data.payload)
+                dram[addr + i] = byte & 0xFF
+            ctx.set(dut.wr_data.ready, 0)
+
+    return reads, writes
