@@ -9,6 +9,7 @@ from amaranth.back import verilog
 from hoarfrost.gen.compiler import CompileLimits, compile_graph
 from hoarfrost.gen.onnx_import import import_onnx
 from hoarfrost.gen.quantize import quantize
+from hoarfrost.gen.traffic import dram_traffic
 from hoarfrost.hw.backend import BackEnd
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.sim.backend_host import dram_image
@@ -49,10 +50,15 @@ def test_example_models_on_the_back_end_rtl(examples, model, tmp_path):
     program, counters = run_on_verilator(qgraph, x, tmp_path)
     macs = sum(int(l.weight_q.size * (np.prod(qgraph.shapes[l.output][1:]) if l.op == "conv" else 1))
                for l in qgraph.layers if l.op in ("conv", "dense"))
+    traffic = dram_traffic(program, CONFIG.rows, CONFIG.cols)
     for c in counters:
         assert c["commands"] == len(program.commands)
         assert c["macs_useful"] == macs
-        assert c["dram_write_bytes"] == 10
+        assert c["dram_write_bytes"] == traffic["written_bytes"] == 10
+        # the compiler's traffic report is what the RTL moves, firmware fetch included
+        assert c["dram_read_bytes"] == traffic["read_bytes"] + traffic["firmware_bytes"]
+    # batch 1, every feature map on chip: within 1.1x of the compulsory minimum (issue 6)
+    assert traffic["ratio"] <= 1.1
 
 
 @pytest.mark.parametrize("seed", [5, 6])
