@@ -37,8 +37,8 @@ from cocotbext.axi import AxiBus, AxiRam
 
 from hoarfrost.hw.axi_dma import DMA_COUNTERS, dma_command_layout, split_bursts
 from hoarfrost.sim.streams import StreamDriver, StreamSink, pack_struct
+from hoarfrost.sim.tb.common import CLOCK_NS, save_results
 
-CLOCK_NS = 10
 #: Read requests the memory accepts ahead of the one it is serving.
 QUEUE_DEPTH = 8
 MEMORY_BYTES = 1 << 22
@@ -53,16 +53,6 @@ def load_config() -> dict:
               "write_latency": 20, "pause_prob": 0.0, "stall_prob": 0.0, "beats": 4096}
     config.update(json.loads(os.environ.get("HOARFROST_DMA_CONFIG", "{}")))
     return config
-
-
-def save_results(test: str, results: dict) -> None:
-    path = os.environ.get("HOARFROST_RESULTS")
-    if not path:
-        return
-    existing = json.loads(open(path).read()) if os.path.exists(path) else {}
-    existing[test] = results
-    with open(path, "w") as f:
-        json.dump(existing, f)
 
 
 def cycle_now() -> int:

@@ -12,8 +12,6 @@ on the falling edge of ``busy``, not by polling.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import time
 
@@ -27,8 +25,7 @@ from hoarfrost.hw.gemm_engine import COUNTERS
 from hoarfrost.sim.cycle_model import predict_gemm
 from hoarfrost.sim.gemm_streams import assemble_output, gemm_beats, pack_rows, unpack_rows
 from hoarfrost.sim.streams import StreamDriver, StreamSink
-
-CLOCK_NS = 10
+from hoarfrost.sim.tb.common import CLOCK_NS, load_vectors, save_results
 
 #: Counters that count events, not time: equal to the model whatever the backpressure.
 EVENT_COUNTERS = ("busy_cycles", "macs_issued", "macs_useful", "a_writes", "a_reads",
@@ -50,21 +47,6 @@ def write_vectors(path, config: BackendConfig, g: dict, expected, *, idle_prob=0
              predicted=np.array([getattr(predicted, name, -1) for name in COUNTERS]),
              idle_prob=idle_prob, stall_prob=stall_prob)
     return path
-
-
-def load_vectors() -> dict:
-    with np.load(os.environ["HOARFROST_VECTORS"]) as npz:
-        return {name: npz[name] for name in npz.files}
-
-
-def save_results(test: str, results: dict) -> None:
-    path = os.environ.get("HOARFROST_RESULTS")
-    if not path:
-        return
-    existing = json.loads(open(path).read()) if os.path.exists(path) else {}
-    existing[test] = results
-    with open(path, "w") as f:
-        json.dump(existing, f)
 
 
 async def reset(dut) -> None:

@@ -5,32 +5,18 @@ The ``.npz`` in ``$HOARFROST_VECTORS`` holds one input beat per element of ``a``
 ``idle_prob`` / ``stall_prob`` of the random backpressure.
 """
 
-import os
 import random
 
 import cocotb
-import numpy as np
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from hoarfrost.hw.mac import mac_input_layout
 from hoarfrost.sim.streams import StreamDriver, StreamSink, pack_struct
-
-CLOCK_NS = 10
-
-
-def load_vectors() -> dict:
-    with np.load(os.environ["HOARFROST_VECTORS"]) as npz:
-        return {name: npz[name] for name in npz.files}
-
+from hoarfrost.sim.tb.common import CLOCK_NS, clock_and_reset, load_vectors
 
 async def reset(dut) -> None:
-    Clock(dut.clk, CLOCK_NS, unit="ns").start()
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+    await clock_and_reset(dut)
 
 
 def input_beats(vectors: dict) -> list[int]:
