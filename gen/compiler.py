@@ -40,12 +40,14 @@ class CompileLimits:
     rows: int = 4                # systolic array: the weight layout follows its tiles
     cols: int = 4
     a_depth: int = 1 << 20       # activation-buffer entries: mt * ceil(K / rows) must fit
+    table_depth: int = 1 << 16   # parameter-buffer entries an average-pooling table may use
 
     @classmethod
     def for_backend(cls, config, scratch_bytes: int, param_depth: int) -> "CompileLimits":
         """The limits of a :class:`~hoarfrost.hw.backend.BackEnd` built from ``config``."""
         return cls(scratch_bytes=scratch_bytes, m_tile=config.acc_depth, n_tile=param_depth,
-                   rows=config.rows, cols=config.cols, a_depth=config.a_depth)
+                   rows=config.rows, cols=config.cols, a_depth=config.a_depth,
+                   table_depth=param_depth)
 
 
 @dataclass
@@ -278,6 +280,12 @@ class _Compiler:
             p_addr = NO_PARAMS if rq is None else self.image.put(_table_blob(rq.multiplier, rq.shift))
         else:
             kind = POOL_AVG_PAD if layer.count_include_pad else POOL_AVG
+            entries = layer.kernel[0] * layer.kernel[1] + 1
+            if entries > self.limits.table_depth:
+                raise HoarfrostError(f"layer {layer.name!r}: average pooling over "
+                                     f"{entries - 1} elements needs {entries} entries in the "
+                                     f"parameter buffer, the configuration has "
+                                     f"{self.limits.table_depth}; raise param_depth")
             lo, hi = rq.lo, rq.hi
             p_addr = self.image.put(_table_blob(rq.multiplier, rq.shift))
         self.emit(Op.POOL, src=src, dst=dst, kind=kind, zp_in=q_in.zero_point, lo_in=lo,

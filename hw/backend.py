@@ -21,7 +21,7 @@ row), which the counters show.
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -150,7 +150,7 @@ class BackEnd(wiring.Component):
         take_word_bytes = Signal()    # the current state consumes rd_data as words
         m.d.comb += word_done.eq(take_word_bytes & self.rd_data.valid & (byte_idx == 3))
         full_word = Signal(32)
-        m.d.comb += full_word.eq(Const(0, 32) | (self.rd_data.payload.as_unsigned() << 24) | (word >> 8))
+        m.d.comb += full_word.eq(Cat(word[8:], self.rd_data.payload))     # little-endian
         with m.If(take_word_bytes & self.rd_data.valid):
             m.d.comb += self.rd_data.ready.eq(1)
             m.d.sync += [word.eq(full_word), byte_idx.eq(byte_idx + 1)]

@@ -147,3 +147,13 @@ def test_dram_traffic_counts_weight_rereads_per_pixel_tile(examples):
     assert tiled["layers"][0]["read_bytes"] == conv1 * 10     # 64 pixels in tiles of 7
     assert whole["compulsory_bytes"] == tiled["compulsory_bytes"]
     assert whole["ratio"] < 1.1 < tiled["ratio"]
+
+
+def test_pooling_table_too_large_names_the_option():
+    b = ModelBuilder((2, 6, 6))
+    b.conv(2, 2, 1)
+    b.op("GlobalAveragePool", [b.last])
+    qgraph = quantize(import_onnx_bytes(b.finish()), np.random.default_rng(0).normal(0, 1, (8, 2, 6, 6)).astype(np.float32), 8)
+    with pytest.raises(HoarfrostError, match="37 entries.*has 16; raise param_depth"):
+        compile_graph(qgraph, CompileLimits(table_depth=16))
+    compile_graph(qgraph, CompileLimits(table_depth=37))
