@@ -18,7 +18,9 @@ EX := examples
 DIGITS := --inputs $(EX)/digits_test_x.npy --labels $(EX)/digits_test_y.npy
 
 # The main job on the bundled example: look at the CNN, measure its float accuracy, quantize it
-# (8 and 4-bit weights) and run the integer golden model against onnxruntime on the test split.
+# (8 and 4-bit weights) and run the integer golden model against onnxruntime on the test split;
+# then compile the CNN for the accelerator (back end only so far) and run 20 test images through
+# its RTL in Verilator, each output checked against the golden model.
 demo: $(STAMP)
 	@mkdir -p out
 	$(BIN)/hoarfrost inspect $(EX)/digits_cnn.onnx
@@ -29,6 +31,8 @@ demo: $(STAMP)
 	$(BIN)/hoarfrost predict out/digits_cnn_q4.onnx $(DIGITS) --check-onnxruntime
 	$(BIN)/hoarfrost inspect $(EX)/digits_mlp.onnx
 	$(BIN)/hoarfrost predict $(EX)/digits_mlp.onnx $(DIGITS) --calib $(EX)/digits_calib.npy --check-onnxruntime
+	$(BIN)/hoarfrost compile $(EX)/digits_cnn.onnx --calib $(EX)/digits_calib.npy -o out/digits_cnn_hw --force
+	$(BIN)/hoarfrost sim out/digits_cnn_hw $(DIGITS) --limit 20
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q

@@ -235,6 +235,85 @@ def _compare_onnxruntime(args, graph, x, out, predicted) -> dict:
     return {"argmax_agree": agree, "max_diff": float(diff.max())}
 
 
+# --- compile and sim ---------------------------------------------------------------------
+
+def _sha256_file(path: str) -> str:
+    import hashlib
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def cmd_compile(args) -> int:
+    from hoarfrost.gen.config import load_config
+    from hoarfrost.gen.outdir import compile_to_dir
+    config = load_config(args.config)
+    out = Path(args.output)
+    if out.exists() and not args.force:        # before the (slow) import and quantization
+        raise HoarfrostError(f"-o {args.output!r} exists; pass --force to replace it")
+    graph = load_model(args.model)
+    source = {"path": args.model, "sha256": _sha256_file(args.model),
+              "quantized": graph.is_quantized}
+    if graph.is_quantized:
+        if args.calib or args.weight_bits is not None:
+            option = "--calib" if args.calib else "--weight-bits"
+            raise HoarfrostError(f"{option}: {args.model!r} is already quantized (QDQ); "
+                                 f"drop {option}")
+        qgraph = graph
+    else:
+        if not args.calib:
+            raise HoarfrostError(f"{args.model!r} is a float model: give --calib X.npy to "
+                                 f"quantize it (or compile a QDQ model)")
+        if args.weight_bits is None:
+            args.weight_bits = config.backend.weight_bits
+        qgraph = _quantized(args, graph)
+        source.update(calib_sha256=_sha256_file(args.calib), weight_bits=args.weight_bits)
+    m = compile_to_dir(qgraph, config, out, source=source, force=args.force)
+    d = m["dram"]
+    summary = {"out": str(out), "manifest": m}
+    b = m["config"]["backend"]
+    lines = [f"{args.model} -> {out}/ for config {config.name!r} ({b['rows']}x{b['cols']} array, "
+             f"scratchpad {b['scratch_bytes']} bytes, {m['config']['clock_mhz']:g} MHz): "
+             f"every layer on the back end",
+             f"{'layer':<28} {'op':<8} {'output':<14} {'MACs':>8} {'cmds':>5} {'w bytes':>8}"]
+    lines += [f"{r['name'][:28]:<28} {r['op']:<8} {str(tuple(r['output'])):<14} {r['macs']:>8} "
+              f"{r['commands']:>5} {r['weight_bytes']:>8}" for r in m["layers"]]
+    lines.append(f"{m['commands']} commands ({d['firmware_bytes']} bytes of firmware), DRAM "
+                 f"image {d['image_bytes']} bytes, scratchpad peak {m['scratch_peak_bytes']} "
+                 f"bytes; wrote backend.v, firmware.bin/.asm, weights.bin, model_q.onnx, "
+                 f"manifest.json")
+    emit(args, summary, "\n".join(lines))
+    return 0
+
+
+def cmd_sim(args) -> int:
+    from hoarfrost.gen.outdir import read_manifest
+    from hoarfrost.sim.rtl_run import SimulationFailed, simulate
+    out = Path(args.out)
+    read_manifest(out)                         # a bad OUT is a one-line error before anything
+    graph = load_model(str(out / "model_q.onnx"))
+    x = check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")
+    labels = check_labels(load_npy(args.labels, "--labels"), len(x)) if args.labels else None
+    if args.limit is not None:
+        if args.limit < 1:
+            raise HoarfrostError(f"--limit must be at least 1, not {args.limit!r}")
+        x = x[:args.limit]
+        labels = None if labels is None else labels[:args.limit]
+    if args.batch < 1:
+        raise HoarfrostError(f"--batch must be at least 1, not {args.batch!r}")
+    if not 0 <= args.dram_stall < 1:
+        raise HoarfrostError(f"--dram-stall must be in [0, 1), not {args.dram_stall!r}")
+    try:
+        summary, text, mismatch = simulate(out, x, labels, batch=args.batch,
+                                           stall_prob=args.dram_stall)
+    except SimulationFailed as exc:            # a hardware bug, not the user's mistake
+        print(f"hoarfrost: sim: {exc}", file=sys.stderr)
+        return 1
+    emit(args, summary, text)
+    if mismatch:
+        print(f"hoarfrost: sim: {mismatch}", file=sys.stderr)
+        return 1
+    return 0
+
+
 # --- bench ---------------------------------------------------------------------------------
 
 #: ``hoarfrost bench KIND`` runs ``hoarfrost.gen.bench_<kind>``: each module defines
@@ -309,6 +388,57 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print one JSON summary (inputs, predicted, output values, scale, "
                         "zero point, accuracy)")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("compile", help="Verilog, firmware and weights for a model (OUT/)",
+                       description="Compile MODEL for the accelerator: quantize it if it is "
+                                   "float (--calib), compile it to the back end's firmware and "
+                                   "DRAM image, elaborate the back end's Verilog, and write OUT/ "
+                                   "with backend.v, firmware.bin, firmware.asm, weights.bin, "
+                                   "model_q.onnx (the QDQ model compiled) and manifest.json "
+                                   "(configuration, partition, DRAM layout, layer table, source "
+                                   "model hash). OUT appears whole or not at all. A model that "
+                                   "does not fit the configuration is an error naming the "
+                                   "setting to raise. So far every layer runs on the "
+                                   "programmable back end (no frozen front end or sparse engine).")
+    p.add_argument("model", metavar="MODEL", help="an .onnx file (float with --calib, or QDQ)")
+    p.add_argument("--config", metavar="C",
+                   help="a preset (default, icebreaker, ulx3s-85f) or a .toml file: "
+                        "preset = \"NAME\" to start from, board, clock_mhz, and a [backend] "
+                        "table (rows, cols, weight_bits, a_depth, w_depth, acc_depth, "
+                        "scratch_bytes, param_depth, ...); default: the default preset")
+    p.add_argument("--calib", metavar="X.npy",
+                   help="calibration inputs for a float MODEL, float (N, *input shape)")
+    p.add_argument("--weight-bits", type=int, default=None, choices=(8, 4, 2), metavar="8|4|2",
+                   help="weight precision when quantizing (default: the configuration's "
+                        "weight_bits)")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")
+    p.add_argument("--force", action="store_true", help="replace an existing OUT")
+    p.add_argument("--json", action="store_true", help="print one JSON summary (the manifest)")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("sim", help="run OUT/ in Verilator, checked against the golden model",
+                       description="Run a batch of inputs through the compiled accelerator's "
+                                   "RTL (OUT/backend.v in Verilator, cocotb testbench with a "
+                                   "DRAM model; the build is cached by content) and check every "
+                                   "output against the integer golden model of OUT/model_q.onnx. "
+                                   "Prints cycles per image and in total, simulated cycles per "
+                                   "second, cycles per layer, energy per inference with its "
+                                   "breakdown, DRAM bytes, and accuracy when labels are given. "
+                                   "Exit status 1 if any output differs (the first such image "
+                                   "is named on stderr).")
+    p.add_argument("out", metavar="OUT", help="a directory written by `hoarfrost compile`")
+    p.add_argument("--inputs", required=True, metavar="X.npy",
+                   help="inputs (N, *input shape), float, or int8 already quantized")
+    p.add_argument("--labels", metavar="Y.npy", help="integer labels (N,): report accuracy")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N inputs")
+    p.add_argument("--batch", type=int, default=10, metavar="B",
+                   help="images per simulator run (default 10)")
+    p.add_argument("--dram-stall", type=float, default=0.0, metavar="P",
+                   help="probability that the DRAM model stalls a stream in a cycle (default 0)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON summary (per-image cycles, per-layer cycles, energy, "
+                        "DRAM bytes, accuracy, sim speed)")
+    p.set_defaults(func=cmd_sim)
 
     p = sub.add_parser("bench", help="micro-benchmarks of the hardware blocks in simulation",
                        description="Run one hardware block in Verilator on a synthetic workload "

@@ -28,7 +28,7 @@ def cosim(tmp_path, layer, qin, enc, x, *, seed):
     assert result.tests == 2 and result.failed == 0, result.log_tail()
 
 
-@pytest.mark.parametrize("layer_index", [0])
+@pytest.mark.parametrize("layer_index", [0, 1])
 def test_digits_mlp_sparse_layers(tmp_path, layer_index):
     # The example MLP quantized on its calibration set, every Gemm compressed into a 16-entry
     # codebook; 20 test digits through the chosen layer (the inputs it sees in the golden model).

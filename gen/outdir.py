@@ -1,0 +1,231 @@
+"""``hoarfrost compile``: a quantized model and a configuration in, the OUT/ directory out.
+
+OUT/ holds everything needed to simulate or build the accelerator without the source model:
+
+=================  =========================================================================
+``backend.v``      Verilog of the back end (:class:`~hoarfrost.hw.backend.BackEnd`), top
+                   module ``backend``
+``firmware.bin``   the command stream (:func:`hoarfrost.firmware.isa.encode`)
+``firmware.asm``   its disassembly
+``weights.bin``    the DRAM image from address 0: weights, parameters, I/O buffers
+``model_q.onnx``   the QDQ model that was compiled: the golden model ``sim`` checks against
+``manifest.json``  configuration, partition, DRAM layout, layer table, file digests
+=================  =========================================================================
+
+The directory is built next to OUT under a temporary name and renamed into place at the end,
+so a failure (or a model that does not fit) leaves nothing behind, and an existing OUT is only
+ever replaced whole.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from hoarfrost import __version__
+from hoarfrost.firmware.isa import NO_PARAMS, Op, decode, disassemble, encode
+from hoarfrost.gen.config import HardwareConfig
+from hoarfrost.gen.errors import HoarfrostError
+from hoarfrost.gen.ir import Graph, macs
+
+__all__ = ["TOPLEVEL", "FILES", "compile_to_dir", "read_manifest", "sha256"]
+
+TOPLEVEL = "backend"
+FILES = ("backend.v", "firmware.bin", "firmware.asm", "weights.bin", "model_q.onnx")
+MANIFEST_VERSION = 1
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _progress(message: str) -> None:
+    print(f"hoarfrost: {message}", file=sys.stderr, flush=True)
+
+
+@functools.lru_cache(maxsize=4)
+def backend_verilog(backend, scratch_bytes: int, param_depth: int) -> str:
+    """Verilog of the back end (seconds to elaborate; kept for repeated compiles in a process)."""
+    from amaranth.back import verilog
+
+    from hoarfrost.hw.backend import BackEnd
+    design = BackEnd(backend, scratch_bytes=scratch_bytes, param_depth=param_depth)
+    return verilog.convert(design, name=TOPLEVEL)
+
+
+def check_fits(graph: Graph, config: HardwareConfig) -> None:
+    """What the compiler does not check itself: the weights' width against the array's."""
+    where = f"--config {config.name}"
+    for layer in graph.layers:
+        bits = getattr(layer, "weight_bits", None)
+        if bits is not None and bits > config.backend.weight_bits:
+            raise HoarfrostError(f"layer {layer.name!r} has {bits}-bit weights, the back end "
+                                 f"multiplies {config.backend.weight_bits}-bit ones; raise "
+                                 f"backend.weight_bits ({where}) or quantize with "
+                                 f"--weight-bits {config.backend.weight_bits}")
+
+
+def layer_table(graph: Graph, program, config: HardwareConfig) -> list[dict]:
+    """Per layer: shapes, MACs, its commands (first index and count) and DRAM bytes.
+
+    Command 0 is the input ``LOAD``; the layers' commands follow in order (Flatten/Reshape
+    have none); the program ends with the output ``STORE``, ``SYNC`` and ``END``.
+    """
+    rows_, cols = config.backend.rows, config.backend.cols
+    first = 1
+    table = []
+    for layer, entry in zip(graph.layers, program.layers):
+        commands = program.commands[first:first + entry["commands"]]
+        weight_bytes = param_bytes = 0
+        seen = set()
+        k = 1
+        for c in commands:
+            if c.op == Op.GEOM:
+                k = c.kh * c.kw
+            elif c.op == Op.MATMUL and (c.w_addr, c.p_addr) not in seen:
+                seen.add((c.w_addr, c.p_addr))
+                weight_bytes += (math.ceil(c.nt / cols) * math.ceil(c.cg * k / rows_)
+                                 * rows_ * cols)
+                param_bytes += 12 * c.nt
+            elif c.op == Op.POOL and c.p_addr != NO_PARAMS and c.p_addr not in seen:
+                seen.add(c.p_addr)
+                param_bytes += 8 * (1 if c.kind == 0 else k + 1)
+        table.append({"name": layer.name, "op": layer.op, "engine": "backend",
+                      "inputs": [list(graph.shapes[t]) for t in layer.inputs],
+                      "output": list(graph.shapes[layer.output]),
+                      "macs": macs(layer, graph.shapes),
+                      "first_command": first, "commands": entry["commands"],
+                      "weight_bytes": weight_bytes, "param_bytes": param_bytes})
+        first += entry["commands"]
+    if (program.commands[0].op != Op.LOAD or first != len(program.commands) - 3
+            or [c.op for c in program.commands[first:]] != [Op.STORE, Op.SYNC, Op.END]):
+        raise RuntimeError("compiled program does not have the expected LOAD ... STORE SYNC "
+                           "END framing; the layer table would be wrong")
+    return table
+
+
+def _tensor(graph: Graph, name: str) -> dict:
+    q = graph.quant[name]
+    return {"name": name, "shape": list(graph.shapes[name]), "dtype": "int8",
+            "scale": q.scale, "zero_point": q.zero_point}
+
+
+def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: dict,
+                   force: bool = False) -> dict:
+    """Compile ``qgraph`` for ``config`` and write OUT/; returns the manifest.
+
+    ``source`` describes the model compiled (path, sha256, how it was quantized). Raises
+    :class:`HoarfrostError` (nothing written) if OUT exists without ``force`` or the model
+    does not fit the configuration.
+    """
+    from hoarfrost.gen.compiler import CompileLimits, compile_graph
+    from hoarfrost.gen.onnx_import import import_onnx
+    from hoarfrost.gen.qdq import save_qdq
+
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise HoarfrostError(f"-o {str(out)!r}: directory {str(out.parent)!r} does not exist")
+    if out.exists() and not force:
+        raise HoarfrostError(f"-o {str(out)!r} exists; pass --force to replace it")
+    if out.exists() and not (out / "manifest.json").is_file():
+        # --force replaces a compile output, never an arbitrary directory or file
+        raise HoarfrostError(f"-o {str(out)!r} exists and is not a hoarfrost compile output; "
+                             f"not replacing it")
+    check_fits(qgraph, config)
+    limits = CompileLimits.for_backend(config.backend, config.scratch_bytes, config.param_depth)
+    try:
+        compile_graph(qgraph, limits)                # does it fit? before anything is written
+    except HoarfrostError as exc:
+        # the compiler names the limit to raise; say where it is set
+        raise HoarfrostError(f"{exc} ([backend] of --config {config.name})") from None
+
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        # Compile the model as written and re-read, so the golden model `sim` loads from
+        # model_q.onnx is exactly what the firmware implements.
+        save_qdq(qgraph, tmp / "model_q.onnx")
+        graph = import_onnx(tmp / "model_q.onnx")
+        program = compile_graph(graph, limits)
+        firmware = encode(program.commands)
+        assert decode(firmware) == program.commands
+        (tmp / "firmware.bin").write_bytes(firmware)
+        (tmp / "firmware.asm").write_text(disassemble(program.commands))
+        (tmp / "weights.bin").write_bytes(program.image)
+        _progress(f"elaborating the back end's Verilog ({config.backend.rows}x"
+                  f"{config.backend.cols} array) ...")
+        (tmp / "backend.v").write_text(
+            backend_verilog(config.backend, config.scratch_bytes, config.param_depth))
+        firmware_addr = -(-program.dram_bytes // 4) * 4      # as sim.backend_host.dram_image
+        layers = layer_table(graph, program, config)
+        manifest = {
+            "format": MANIFEST_VERSION,
+            "hoarfrost_version": __version__,
+            "toplevel": TOPLEVEL,
+            "config": config.to_json(),
+            "source_model": source,
+            "partition": {
+                "frontend_frozen": [], "sparse_engine": [],
+                "backend": [layer.name for layer in graph.layers],
+                "note": "back-end-only accelerator: no frozen front end or sparse engine yet, "
+                        "every layer runs on the programmable back end",
+            },
+            "input": _tensor(graph, graph.input),
+            "output": _tensor(graph, graph.output),
+            "dram": {"image_bytes": len(program.image),
+                     "input_addr": program.input_addr,
+                     "input_bytes": math.prod(program.input_shape),
+                     "output_addr": program.output_addr,
+                     "output_bytes": math.prod(program.output_shape),
+                     "firmware_addr": firmware_addr, "firmware_bytes": len(firmware),
+                     "total_bytes": firmware_addr + len(firmware)},
+            "scratch_peak_bytes": program.scratch_peak,
+            "commands": len(program.commands),
+            "macs": sum(row["macs"] for row in layers),
+            "layers": layers,
+            "files": {name: sha256((tmp / name).read_bytes()) for name in FILES},
+        }
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        os.chmod(tmp, 0o755)                          # mkdtemp (and mkstemp) are owner-only
+        for name in (*FILES, "manifest.json"):
+            os.chmod(tmp / name, 0o644)
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
+            os.replace(out, old / "out")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def read_manifest(out: Path) -> dict:
+    """OUT/manifest.json, with every listed file present and matching its digest."""
+    out = Path(out)
+    path = out / "manifest.json"
+    if not path.is_file():
+        raise HoarfrostError(f"{str(out)!r} has no manifest.json: not a `hoarfrost compile` "
+                             f"output")
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise HoarfrostError(f"{str(path)!r} is not valid JSON ({exc})") from None
+    if manifest.get("format") != MANIFEST_VERSION:
+        raise HoarfrostError(f"{str(path)!r}: manifest format {manifest.get('format')!r}, "
+                             f"this hoarfrost reads {MANIFEST_VERSION}; compile again")
+    for name, digest in manifest["files"].items():
+        if not (out / name).is_file():
+            raise HoarfrostError(f"{str(out / name)!r} is missing; compile again")
+        if sha256((out / name).read_bytes()) != digest:
+            raise HoarfrostError(f"{str(out / name)!r} changed since it was compiled "
+                                 f"(digest differs from manifest.json); compile again")
+    return manifest

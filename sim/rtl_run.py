@@ -1,0 +1,306 @@
+"""``hoarfrost sim``: run a compiled accelerator (OUT/) in Verilator, image by image.
+
+The Verilog of OUT/backend.v is built once (cached by content, :mod:`hoarfrost.sim.verilator`)
+and run under :mod:`hoarfrost.sim.tb.backend_tb`, one cocotb run per batch of images. Each
+image's output is read back from the DRAM model and compared here with the integer golden
+model of OUT/model_q.onnx. The testbench returns the back end's counters and a per-command
+cycle trace; the manifest's layer table turns the trace into cycles per layer.
+
+Energy per inference prices the counters with :func:`hoarfrost.sim.energy.energy_pj`:
+
+=====================  ================================================================
+counter                events
+=====================  ================================================================
+``macs_issued``        one ``mul8`` and one ``add32`` each (every lane the array issues,
+                       padding included: it toggles the multiplier all the same)
+``scratch_reads``      ``sram_read32`` per 4 bytes (the counter counts bytes)
+``scratch_writes``     ``sram_write32`` per 4 bytes
+``dram_read_bytes``    ``dram_read32`` per 4 bytes (firmware, weights, parameters, input)
+``dram_write_bytes``   ``dram_write32`` per 4 bytes (the output)
+=====================  ================================================================
+
+Not priced: registers, control, the GEMM engine's own buffers (no counters for them yet).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from hoarfrost.gen.errors import HoarfrostError
+
+__all__ = ["TESTBENCH", "SimulationFailed", "energy_events", "command_cycles", "layer_cycles",
+           "dram_for", "run_images", "debug_program", "first_bad_layer", "simulate"]
+
+TESTBENCH = "hoarfrost.sim.tb.backend_tb"
+
+
+class SimulationFailed(RuntimeError):
+    """The RTL did not finish a batch (no ``END`` in time, or the simulator crashed)."""
+
+
+def energy_events(counters: dict) -> dict[str, float]:
+    """The energy events of one run (see the module docstring for the mapping)."""
+    return {
+        "mul8": counters["macs_issued"],
+        "add32": counters["macs_issued"],
+        "sram_read32": counters["scratch_reads"] / 4,
+        "sram_write32": counters["scratch_writes"] / 4,
+        "dram_read32": counters["dram_read_bytes"] / 4,
+        "dram_write32": counters["dram_write_bytes"] / 4,
+    }
+
+
+def command_cycles(starts: list[int], total: int) -> list[int]:
+    """Cycles of each command from the trace: from its header to the next one's.
+
+    The first command also gets the fetch of its own header; the last (``END``) runs to the
+    end, so the list sums to ``total``.
+    """
+    bounds = [0, *starts[1:], total]
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def layer_cycles(manifest: dict, per_command: list[int]) -> list[dict]:
+    """Per-command cycles summed per layer, plus the input load and the output store."""
+    rows = [{"name": "(load input)", "op": "load", "commands": 1, "cycles": per_command[0]}]
+    for layer in manifest["layers"]:
+        first, count = layer["first_command"], layer["commands"]
+        rows.append({"name": layer["name"], "op": layer["op"], "commands": count,
+                     "cycles": sum(per_command[first:first + count])})
+    tail = manifest["commands"] - 3
+    rows.append({"name": "(store output)", "op": "store", "commands": 3,
+                 "cycles": sum(per_command[tail:])})
+    return rows
+
+
+def dram_for(manifest: dict, weights: bytes, firmware: bytes, x: np.ndarray) -> np.ndarray:
+    """DRAM contents for one int8 image: the weight image, the input, then the firmware."""
+    d = manifest["dram"]
+    dram = bytearray(d["total_bytes"])
+    dram[:len(weights)] = weights
+    blob = np.ascontiguousarray(x, dtype=np.int8).tobytes()
+    dram[d["input_addr"]:d["input_addr"] + len(blob)] = blob
+    dram[d["firmware_addr"]:d["firmware_addr"] + len(firmware)] = firmware
+    return np.frombuffer(bytes(dram), dtype=np.uint8)
+
+
+def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
+               x_int8: np.ndarray, *, stall_prob: float = 0.0, seed: int = 1,
+               max_cycles: int = 5_000_000, dram_override: np.ndarray | None = None) -> list[dict]:
+    """One cocotb run over a batch of images; the testbench's record for each.
+
+    ``dram_override`` replaces the DRAM of every image (for :func:`first_bad_layer`).
+    """
+    from hoarfrost.sim.verilator import cocotb_run
+
+    d = manifest["dram"]
+    with tempfile.TemporaryDirectory(prefix="hoarfrost-sim-") as tmp:
+        vectors = {"runs": len(x_int8), "stall_prob": stall_prob, "max_cycles": max_cycles,
+                   "output_addr": d["output_addr"], "output_len": d["output_bytes"],
+                   "firmware_addr": d["firmware_addr"]}
+        for i, x in enumerate(x_int8):
+            vectors[f"dram_{i}"] = (dram_for(manifest, weights, firmware, x)
+                                    if dram_override is None else dram_override)
+        np.savez(Path(tmp) / "vectors.npz", **vectors)
+        results = Path(tmp) / "results.json"
+        run = cocotb_run(verilog, manifest["toplevel"], TESTBENCH, seed=seed,
+                         env={"HOARFROST_VECTORS": str(Path(tmp) / "vectors.npz"),
+                              "HOARFROST_RESULTS": str(results)})
+        if run.failed or not results.is_file():
+            lines = [l for l in run.log_tail(40).splitlines() if "Error" in l or "assert" in l]
+            raise SimulationFailed(f"the back end's RTL failed ({run.log}): "
+                                   f"{(lines or ['no END'])[-1].strip()}")
+        return json.loads(results.read_text())
+
+
+def _cycle_bound(manifest: dict) -> int:
+    """Cycles after which an image counts as hung: far above anything the back end needs
+    (a few cycles per MAC, per DRAM byte and per command)."""
+    return 20 * (manifest["macs"] + manifest["dram"]["total_bytes"]
+                 + 100 * manifest["commands"]) + 10_000
+
+
+def debug_program(manifest: dict, firmware: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
+    """The firmware with a ``STORE`` of each layer's output to DRAM right after the layer.
+
+    The stores go past the end of the (longer) firmware; returns the new firmware and, per
+    layer that has commands, ``(layer index, DRAM address, bytes)``. The scratchpad offset of
+    a layer's output is the ``dst`` of its last command; Flatten/Reshape (no commands) are
+    skipped, their bytes are their input's.
+    """
+    from hoarfrost.firmware.isa import Command, Op, decode, encode
+
+    commands = decode(firmware)
+    layers = [(i, l) for i, l in enumerate(manifest["layers"]) if l["commands"]]
+    sizes = [int(np.prod(l["output"])) for _, l in layers]
+    # each STORE is 4 words; the dump area starts after the debug firmware
+    dump = manifest["dram"]["firmware_addr"] + len(firmware) + 16 * len(layers)
+    out, dumps, end = [], [], 0
+    for (index, layer), size in zip(layers, sizes):
+        stop = layer["first_command"] + layer["commands"]
+        out += commands[end:stop]
+        end = stop
+        out.append(Command.make(Op.STORE, src=commands[stop - 1].dst, dram_addr=dump,
+                                length=size))
+        dumps.append((index, dump, size))
+        dump += -(-size // 4) * 4
+    out += commands[end:]
+    return encode(out), dumps
+
+
+def _first_difference(manifest, image, rtl, golden) -> str:
+    where = np.flatnonzero(rtl.reshape(-1) != golden.reshape(-1))
+    i = int(where[0])
+    out = manifest["output"]
+    return (f"image {image}: output {out['name']!r} of layer {manifest['layers'][-1]['name']!r} "
+            f"differs from the golden model at {len(where)} of {rtl.size} positions "
+            f"(first at flat index {i}: RTL {int(rtl.reshape(-1)[i])}, golden "
+            f"{int(golden.reshape(-1)[i])})")
+
+
+def first_bad_layer(verilog, manifest, graph, weights, firmware, x_int8) -> str | None:
+    """Run one image with :func:`debug_program` and name the first layer whose output differs
+    from the golden model's (None if every layer's output agrees)."""
+    from hoarfrost.sim.golden import run_int
+
+    debug, dumps = debug_program(manifest, firmware)
+    d = manifest["dram"]
+    total = dumps[-1][1] + dumps[-1][2] if dumps else d["firmware_addr"] + len(debug)
+    patched = {**manifest, "dram": {**d, "total_bytes": total}}
+    dram = dram_for(patched, weights, debug, x_int8)
+    # run_images reads the output bytes only; read every dump through a wide "output" window
+    lo = d["firmware_addr"] + len(debug)
+    window = {**patched, "dram": {**patched["dram"], "output_addr": lo, "output_bytes": total - lo}}
+    record = run_images(verilog, window, weights, debug, x_int8[None], dram_override=dram,
+                        max_cycles=2 * _cycle_bound(manifest))[0]
+    dumped = np.array(record["output"], dtype=np.int8)
+    values = run_int(graph, x_int8[None], keep_all=True)
+    for index, addr, size in dumps:
+        layer = manifest["layers"][index]
+        got = dumped[addr - lo:addr - lo + size]
+        want = values[graph.layers[index].output].reshape(-1)
+        if not np.array_equal(got, want):
+            k = int(np.flatnonzero(got != want)[0])
+            return (f"first differing layer output: {layer['name']!r} ({layer['op']}) at "
+                    f"{int((got != want).sum())} of {size} positions (first at flat index {k}: "
+                    f"RTL {int(got[k])}, golden {int(want[k])})")
+    return None
+
+
+def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int = 10,
+             stall_prob: float = 0.0, progress: bool = True) -> tuple[dict, str, str | None]:
+    """Run every image of ``x`` (float or int8, already checked) through OUT's RTL.
+
+    Returns ``(summary, text, mismatch)``; ``mismatch`` names the first image whose output
+    differs from the golden model, or is None when all are equal.
+    """
+    from hoarfrost.gen.onnx_import import import_onnx
+    from hoarfrost.gen.outdir import read_manifest
+    from hoarfrost.sim.energy import energy_pj, energy_source
+    from hoarfrost.sim.golden import quantize_input, run_int
+    from hoarfrost.sim.verilator import ensure_built
+
+    manifest = read_manifest(out)
+    graph = import_onnx(out / "model_q.onnx")
+    x_int8 = quantize_input(graph, x)
+    golden = run_int(graph, x_int8)
+    verilog = (out / "backend.v").read_text()
+    weights, firmware = (out / "weights.bin").read_bytes(), (out / "firmware.bin").read_bytes()
+
+    def say(message):
+        if progress:
+            print(f"hoarfrost: {message}", file=sys.stderr, flush=True)
+
+    say("building the Verilator model (cached by content) ...")
+    t0 = time.monotonic()
+    _, cache_hit = ensure_built(verilog, manifest["toplevel"])
+    build_seconds = time.monotonic() - t0
+    records, sim_seconds = [], 0.0
+    for start in range(0, len(x_int8), batch):
+        t0 = time.monotonic()
+        records += run_images(verilog, manifest, weights, firmware, x_int8[start:start + batch],
+                              stall_prob=stall_prob, max_cycles=_cycle_bound(manifest))
+        sim_seconds += time.monotonic() - t0
+        say(f"simulated {len(records)}/{len(x_int8)} images")
+
+    shape = (len(x_int8), *manifest["output"]["shape"])
+    rtl = np.array([r["output"] for r in records], dtype=np.int8).reshape(shape)
+    mismatch = None
+    for i in range(len(rtl)):
+        if not np.array_equal(rtl[i], golden[i]):
+            mismatch = _first_difference(manifest, i, rtl[i], golden[i])
+            say(f"image {i} differs; running it again with every layer's output stored ...")
+            bad_layer = first_bad_layer(verilog, manifest, graph, weights, firmware, x_int8[i])
+            if bad_layer:
+                mismatch += "; " + bad_layer
+            break
+
+    cycles = [r["cycles"] for r in records]
+    per_layer = [layer_cycles(manifest, command_cycles(r["command_starts"], r["cycles"]))
+                 for r in records]
+    layers = [{**row, "cycles": float(np.mean([p[j]["cycles"] for p in per_layer]))}
+              for j, row in enumerate(per_layer[0])]
+    events = {k: float(np.mean([energy_events(r)[k] for r in records]))
+              for k in energy_events(records[0])}
+    energy = energy_pj(events)
+    clock = manifest["config"]["clock_mhz"]
+    mean_cycles = float(np.mean(cycles))
+    summary = {
+        "out": str(out), "images": len(rtl), "matches_golden": mismatch is None,
+        "mismatch": mismatch, "cycles": cycles, "total_cycles": int(sum(cycles)),
+        "mean_cycles": mean_cycles, "clock_mhz": clock,
+        "latency_us": mean_cycles / clock, "verilator_cache_hit": cache_hit,
+        "build_seconds": build_seconds, "sim_seconds": sim_seconds,
+        "sim_cycles_per_second": sum(cycles) / sim_seconds if sim_seconds else None,
+        "layers": layers, "energy_events": events, "energy_pj": energy,
+        "energy_source": energy_source(),
+        "dram_read_bytes": float(np.mean([r["dram_read_bytes"] for r in records])),
+        "dram_write_bytes": float(np.mean([r["dram_write_bytes"] for r in records])),
+        "macs_useful": float(np.mean([r["macs_useful"] for r in records])),
+        "macs_issued": float(np.mean([r["macs_issued"] for r in records])),
+        "predicted": rtl.reshape(len(rtl), -1).argmax(axis=1).tolist(),
+    }
+    if labels is not None:
+        correct = int((np.array(summary["predicted"]) == labels).sum())
+        summary["accuracy"] = correct / len(rtl)
+        summary["correct"] = correct
+    return summary, _text(summary, manifest), mismatch
+
+
+def _text(s: dict, manifest: dict) -> str:
+    cfg = manifest["config"]
+    b = cfg["backend"]
+    verdict = ("every output equals the golden model" if s["matches_golden"]
+               else "OUTPUTS DIFFER from the golden model")
+    lines = [f"{s['out']}: {s['images']} images through the back end's RTL in Verilator "
+             f"({b['rows']}x{b['cols']} array, config {cfg['name']}): {verdict}"]
+    shown = s["cycles"] if len(s["cycles"]) <= 20 else s["cycles"][:10]
+    lines.append("cycles per image: " + ", ".join(map(str, shown))
+                 + (" ..." if len(shown) < len(s["cycles"]) else ""))
+    lines.append(f"cycles: mean {s['mean_cycles']:.0f} per image (min {min(s['cycles'])}, max "
+                 f"{max(s['cycles'])}), total {s['total_cycles']}; {s['latency_us']:.1f} us "
+                 f"per inference at {s['clock_mhz']:g} MHz")
+    speed = s["sim_cycles_per_second"]
+    build = ("cached" if s["verilator_cache_hit"] else f"{s['build_seconds']:.0f} s")
+    lines.append(f"simulation: {s['total_cycles']} cycles in {s['sim_seconds']:.1f} s = "
+                 f"{speed:,.0f} simulated cycles/s (Verilator build {build})")
+    lines.append(f"{'layer':<28} {'op':<8} {'cmds':>4} {'cycles':>10} {'share':>6}")
+    for row in s["layers"]:
+        share = row["cycles"] / s["mean_cycles"] if s["mean_cycles"] else 0
+        lines.append(f"{row['name'][:28]:<28} {row['op']:<8} {row['commands']:>4} "
+                     f"{row['cycles']:>10.0f} {100 * share:>5.1f}%")
+    e = s["energy_pj"]
+    lines.append(f"energy per inference: {e['total'] / 1000:.2f} nJ ({s['energy_source']}): "
+                 + ", ".join(f"{k} {v / 1000:.2f} nJ" for k, v in e.items() if k != "total"))
+    lines.append(f"DRAM per inference: {s['dram_read_bytes']:.0f} bytes read, "
+                 f"{s['dram_write_bytes']:.0f} written; MACs {s['macs_useful']:.0f} useful of "
+                 f"{s['macs_issued']:.0f} issued")
+    if "accuracy" in s:
+        lines.append(f"accuracy {100 * s['accuracy']:.2f}% ({s['correct']}/{s['images']})")
+    return "\n".join(lines)
