@@ -22,7 +22,7 @@ from hoarfrost.sim.golden import pooled_size, run_int
 
 __all__ = ["freeze_specs", "frozen_layers", "frozen_extractor", "frozen_verilog",
            "golden_pixels", "frame_events", "frame_energy", "programmable_events",
-           "programmable_energy", "TOP_NAME"]
+           "programmable_energy", "TOP_NAME", "VERILATOR_ARGS"]
 
 TOP_NAME = "frozen_feature_extractor"
 
@@ -260,3 +260,9 @@ def frozen_macs(graph: Graph, layers: int) -> int:
 
 def conv_blocks(extractor: FrozenFeatureExtractor) -> list[FrozenConv2d]:
     return [b for b in extractor.blocks if isinstance(b, FrozenConv2d)]
+
+
+#: Verilator arguments for the frozen block: one C++ file, compiled at -O0. A test or bench run
+#: simulates a few hundred cycles, which does not repay optimizing thousands of adders (the
+#: 8-bit digits front end builds in about 50 s of CPU this way).
+VERILATOR_ARGS = ("--output-split", "0", "--output-split-cfuncs", "0", "-CFLAGS", "-O0")
