@@ -5,6 +5,12 @@ engine's load streams at full rate while it computes; the results come out of it
 stream. The bench prints measured cycles (whole run and compute phase) against the ideal
 ``M*N*K / (rows*cols)`` and the analytic cycle model, the utilization, the energy priced from
 the engine's counters, and fails loudly if C differs from numpy's.
+
+With ``--synth ecp5|ice40`` it also synthesizes the engine (``--backend``: the whole back end)
+with yosys and places and routes it with nextpnr (:mod:`hoarfrost.gen.synth`), for the ULX3S
+85F or the iCEBreaker, and reports utilization and Fmax against ``--freq``; ``--no-sim`` skips
+the simulation. The design built then starts from the board's preset (``ULX3S`` /
+``ICEBREAKER``: its buffer depths) resized to ``--rows`` x ``--cols``.
 """
 
 from __future__ import annotations
@@ -18,9 +24,13 @@ from pathlib import Path
 import numpy as np
 
 from hoarfrost.gen.errors import HoarfrostError
-from hoarfrost.hw.config import DEFAULT, BackendConfig
+from hoarfrost.hw.config import DEFAULT, ICEBREAKER, ULX3S, BackendConfig
 
-HELP = "one GEMM on the systolic-array engine in Verilator: measured vs ideal and modelled cycles"
+HELP = ("one GEMM on the systolic-array engine in Verilator: measured vs ideal and modelled "
+        "cycles; --synth ecp5|ice40 adds utilization and Fmax")
+
+#: Board preset and default clock target (MHz) of each ``--synth`` target.
+SYNTH_TARGETS = {"ecp5": (ULX3S, 50.0), "ice40": (ICEBREAKER, 25.0)}
 
 #: Verilator arguments of the engine's builds. ``--output-split 0`` keeps the C++ in one file:
 #: split output makes Verilator's makefile use precompiled headers, and the PyPI wheel's
@@ -35,30 +45,53 @@ MAX_PES = 256
 def add_arguments(parser) -> None:
     parser.add_argument("--rows", type=int, required=True, help="PE rows of the array")
     parser.add_argument("--cols", type=int, required=True, help="PE columns of the array")
-    parser.add_argument("--m", type=int, required=True, help="rows of A and C")
-    parser.add_argument("--n", type=int, required=True, help="columns of B and C")
-    parser.add_argument("--k", type=int, required=True, help="columns of A, rows of B")
+    parser.add_argument("--m", type=int, help="rows of A and C (required unless --no-sim)")
+    parser.add_argument("--n", type=int, help="columns of B and C (required unless --no-sim)")
+    parser.add_argument("--k", type=int, help="columns of A, rows of B "
+                        "(required unless --no-sim)")
     parser.add_argument("--weight-bits", type=int, default=8, metavar="8|4|2",
                         help="weight precision (default 8)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random operands")
+    parser.add_argument("--synth", choices=sorted(SYNTH_TARGETS),
+                        help="also synthesize and place-and-route: ecp5 (ULX3S 85F) or "
+                             "ice40 (iCEBreaker UP5K)")
+    parser.add_argument("--freq", type=float, help="clock target in MHz for --synth "
+                        "(default 50 on ecp5, 25 on ice40)")
+    parser.add_argument("--backend", action="store_true",
+                        help="with --synth: synthesize the whole back end (sequencer, engine, "
+                             "requantizer, scratchpad), not only the GEMM engine")
+    parser.add_argument("--no-sim", action="store_true",
+                        help="with --synth: skip the simulation, report only synthesis")
+    parser.add_argument("--pnr-seed", type=int, default=1, help="nextpnr placer seed")
 
 
-def bench_config(rows: int, cols: int, weight_bits: int, m: int, n: int, k: int) -> BackendConfig:
-    """The engine configuration the bench builds: :data:`DEFAULT` resized, buffers fitted."""
-    config = dataclasses.replace(DEFAULT, rows=rows, cols=cols, weight_bits=weight_bits,
+def bench_config(rows: int, cols: int, weight_bits: int, m: int | None, n: int | None,
+                 k: int | None, base: BackendConfig = DEFAULT) -> BackendConfig:
+    """The engine configuration the bench builds: ``base`` resized, buffers fitted to the GEMM
+    (when its sizes are given)."""
+    config = dataclasses.replace(base, rows=rows, cols=cols, weight_bits=weight_bits,
                                  w_depth=max(4, 1 << (2 * rows - 1).bit_length()))
-    return config.sized_for(m, n, k)
+    return config if None in (m, n, k) else config.sized_for(m, n, k)
 
 
 def _check_args(args) -> None:
+    if args.no_sim and not args.synth:
+        raise HoarfrostError("--no-sim needs --synth ecp5|ice40 (else there is nothing to do)")
+    if (args.backend or args.freq is not None) and not args.synth:
+        raise HoarfrostError("--backend and --freq need --synth ecp5|ice40")
+    if args.freq is not None and not 0 < args.freq <= 1000:
+        raise HoarfrostError(f"--freq must be a clock in MHz from 0 to 1000, not {args.freq!r}")
+    for option in ("m", "n", "k"):
+        if getattr(args, option) is None and not args.no_sim:
+            raise HoarfrostError(f"--{option} is required unless --no-sim")
     for option in ("rows", "cols", "m", "n", "k"):
         value = getattr(args, option)
-        if value < 1:
+        if value is not None and value < 1:
             raise HoarfrostError(f"--{option} must be a positive integer, not {value!r}")
     if args.rows * args.cols > MAX_PES:
         raise HoarfrostError(f"--rows {args.rows} x --cols {args.cols} = "
                              f"{args.rows * args.cols} PEs; the bench builds at most {MAX_PES}")
-    if args.m > 4096 or args.n > 4096 or args.k > 4096:
+    if any(v is not None and v > 4096 for v in (args.m, args.n, args.k)):
         raise HoarfrostError("--m, --n and --k must each be at most 4096")
     if args.weight_bits not in (8, 4, 2):
         raise HoarfrostError(f"--weight-bits must be 8, 4 or 2, not {args.weight_bits!r}")
@@ -82,6 +115,49 @@ def energy_counts(config: BackendConfig, counters: dict) -> dict[str, float]:
 
 def run(args) -> tuple[dict, str]:
     _check_args(args)
+    base, default_freq = SYNTH_TARGETS[args.synth] if args.synth else (DEFAULT, None)
+    config = bench_config(args.rows, args.cols, args.weight_bits, args.m, args.n, args.k,
+                          base=base)
+    summary, lines = {}, []
+    if not args.no_sim:
+        summary, text = _simulate(args, config)
+        lines.append(text)
+    if args.synth:
+        synth, text = _synthesize(args, config, args.freq or default_freq)
+        summary.setdefault("rows", args.rows)
+        summary.setdefault("cols", args.cols)
+        summary["synth"] = synth
+        lines.append(text)
+    return summary, "\n".join(lines)
+
+
+def _synthesize(args, config: BackendConfig, freq_mhz: float) -> tuple[dict, str]:
+    """Synthesis and place-and-route figures of the engine (or back end) of ``config``."""
+    from hoarfrost.gen.synth import ToolchainError, synthesize_component
+
+    if args.backend:
+        from hoarfrost.hw.backend import BackEnd
+        design, what = BackEnd(config), "back end"
+    else:
+        from hoarfrost.hw.gemm_engine import GemmEngine
+        design, what = GemmEngine(config), "GEMM engine"
+    started = time.perf_counter()
+    try:
+        result = synthesize_component(design, args.synth, freq_mhz, seed=args.pnr_seed)
+    except ToolchainError as error:
+        raise RuntimeError(f"synthesis of the {what} failed: {error}") from None
+    seconds = time.perf_counter() - started
+    summary = {"design": "BackEnd" if args.backend else "GemmEngine",
+               "config": dataclasses.asdict(config), **result.summary(),
+               "seconds": round(seconds, 1)}
+    text = (f"{what} {config.rows}x{config.cols}, {config.weight_bits}-bit weights "
+            f"(a_depth {config.a_depth}, w_depth {config.w_depth}, acc_depth {config.acc_depth}),"
+            f" synthesized in an IoShell (see gen/synth.py):\n{result.table()}")
+    return summary, text
+
+
+def _simulate(args, config: BackendConfig) -> tuple[dict, str]:
+    """Run the GEMM in Verilator and compare with numpy and the cycle model."""
     from amaranth.back import verilog
 
     from hoarfrost.hw.gemm_engine import GemmEngine
@@ -93,7 +169,6 @@ def run(args) -> tuple[dict, str]:
 
     R, C = args.rows, args.cols
     m, n, k = args.m, args.n, args.k
-    config = bench_config(R, C, args.weight_bits, m, n, k)
     predicted = predict_gemm(config, m, n, k)
     g = random_gemm(config, m, n, k, args.seed)
     expected = reference_gemm(g["a"], g["b"], g["bias"], g["zero_point"], config.acc_width)

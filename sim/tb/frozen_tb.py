@@ -13,17 +13,11 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
+from hoarfrost.sim.tb.common import clock_and_reset, load_vectors
 from hoarfrost.sim.streams import StreamDriver, StreamSink, to_signed
 
-CLOCK_NS = 10
-
-
-def load_vectors() -> dict:
-    with np.load(os.environ["HOARFROST_VECTORS"]) as npz:
-        return {name: npz[name] for name in npz.files}
 
 
 def pack_pixel(values) -> int:
@@ -36,11 +30,7 @@ def unpack_pixel(raw: int, channels: int) -> list[int]:
 
 
 async def reset(dut) -> None:
-    Clock(dut.clk, CLOCK_NS, unit="ns").start()
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+    await clock_and_reset(dut)
 
 
 async def beat_edges(dut, prefix: str, edges: list) -> None:

@@ -13,28 +13,18 @@ import random
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, RisingEdge
 
 from hoarfrost.hw.sparse_matvec import activation_layout
+from hoarfrost.sim.tb.common import CLOCK_NS, clock_and_reset, load_vectors
 from hoarfrost.sim.streams import StreamDriver, StreamSink, pack_struct
 
-CLOCK_NS = 10
 COUNTERS = ("cycles", "busy_cycles", "skipped", "macs", "entries", "stall_cycles")
 
 
-def load_vectors() -> dict:
-    with np.load(os.environ["HOARFROST_VECTORS"]) as npz:
-        return {name: npz[name] for name in npz.files}
-
-
 async def reset(dut) -> None:
-    Clock(dut.clk, CLOCK_NS, unit="ns").start()
-    dut.rst.value = 1
-    await ClockCycles(dut.clk, 3)
-    dut.rst.value = 0
-    await RisingEdge(dut.clk)
+    await clock_and_reset(dut)
 
 
 def input_beats(x: np.ndarray) -> list[int]:
