@@ -162,7 +162,36 @@ def _dma_members(kind, addr_width, data_width, id_width, len_width, data_flow):
     }
 
 
-class AxiReadDma(wiring.Component):
+class _AxiDma(wiring.Component):
+    """What the read and the write engine share: argument checks, ports, burst limits."""
+
+    _kind: str
+    _data_flow: object
+
+    def __init__(self, *, addr_width: int = 32, data_width: int = 64, id_width: int = 4,
+                 len_width: int = 24, max_outstanding: int = 4,
+                 max_burst: int = MAX_BURST_BEATS, axi_id: int = 0):
+        _check_dma_args(addr_width, data_width, len_width, max_burst)
+        if not isinstance(max_outstanding, int) or not 1 <= max_outstanding <= 64:
+            raise ValueError(f"Outstanding bursts must be an integer from 1 to 64, "
+                             f"not {max_outstanding!r}")
+        if not isinstance(axi_id, int) or not 0 <= axi_id < 1 << id_width:
+            raise ValueError(f"AXI ID must fit {id_width} bits, not {axi_id!r}")
+        self._addr_width, self._data_width, self._len_width = addr_width, data_width, len_width
+        self._max_outstanding, self._max_burst, self._axi_id = max_outstanding, max_burst, axi_id
+        super().__init__(_dma_members(self._kind, addr_width, data_width, id_width, len_width,
+                                      self._data_flow))
+
+    @property
+    def max_outstanding(self) -> int:
+        return self._max_outstanding
+
+    @property
+    def max_burst(self) -> int:
+        return self._max_burst
+
+
+class AxiReadDma(_AxiDma):
     """Reads buffers from AXI4 memory onto a stream, with several bursts in flight.
 
     Each command's bursts are requested on AR as early as the limit of ``max_outstanding``
@@ -217,26 +246,7 @@ class AxiReadDma(wiring.Component):
         Beats received with a response other than OKAY (their data is passed on as is).
     """
 
-    def __init__(self, *, addr_width: int = 32, data_width: int = 64, id_width: int = 4,
-                 len_width: int = 24, max_outstanding: int = 4,
-                 max_burst: int = MAX_BURST_BEATS, axi_id: int = 0):
-        _check_dma_args(addr_width, data_width, len_width, max_burst)
-        if not isinstance(max_outstanding, int) or not 1 <= max_outstanding <= 64:
-            raise ValueError(f"Outstanding bursts must be an integer from 1 to 64, "
-                             f"not {max_outstanding!r}")
-        if not isinstance(axi_id, int) or not 0 <= axi_id < 1 << id_width:
-            raise ValueError(f"AXI ID must fit {id_width} bits, not {axi_id!r}")
-        self._addr_width, self._data_width, self._len_width = addr_width, data_width, len_width
-        self._max_outstanding, self._max_burst, self._axi_id = max_outstanding, max_burst, axi_id
-        super().__init__(_dma_members("read", addr_width, data_width, id_width, len_width, Out))
-
-    @property
-    def max_outstanding(self) -> int:
-        return self._max_outstanding
-
-    @property
-    def max_burst(self) -> int:
-        return self._max_burst
+    _kind, _data_flow = "read", Out
 
     def elaborate(self, platform):
         m = Module()
@@ -295,7 +305,7 @@ class AxiReadDma(wiring.Component):
         return m
 
 
-class AxiWriteDma(wiring.Component):
+class AxiWriteDma(_AxiDma):
     """Writes buffers from a stream to AXI4 memory as INCR bursts, waiting for every response.
 
     A burst taken from the splitter is registered on AW and, in the same cycle, its length is
@@ -340,26 +350,7 @@ class AxiWriteDma(wiring.Component):
         Write responses other than OKAY.
     """
 
-    def __init__(self, *, addr_width: int = 32, data_width: int = 64, id_width: int = 4,
-                 len_width: int = 24, max_outstanding: int = 4,
-                 max_burst: int = MAX_BURST_BEATS, axi_id: int = 0):
-        _check_dma_args(addr_width, data_width, len_width, max_burst)
-        if not isinstance(max_outstanding, int) or not 1 <= max_outstanding <= 64:
-            raise ValueError(f"Outstanding bursts must be an integer from 1 to 64, "
-                             f"not {max_outstanding!r}")
-        if not isinstance(axi_id, int) or not 0 <= axi_id < 1 << id_width:
-            raise ValueError(f"AXI ID must fit {id_width} bits, not {axi_id!r}")
-        self._addr_width, self._data_width, self._len_width = addr_width, data_width, len_width
-        self._max_outstanding, self._max_burst, self._axi_id = max_outstanding, max_burst, axi_id
-        super().__init__(_dma_members("write", addr_width, data_width, id_width, len_width, In))
-
-    @property
-    def max_outstanding(self) -> int:
-        return self._max_outstanding
-
-    @property
-    def max_burst(self) -> int:
-        return self._max_burst
+    _kind, _data_flow = "write", In
 
     def elaborate(self, platform):
         m = Module()
