@@ -32,10 +32,8 @@ HELP = ("one GEMM on the systolic-array engine in Verilator: measured vs ideal a
 #: Board preset and default clock target (MHz) of each ``--synth`` target.
 SYNTH_TARGETS = {"ecp5": (ULX3S, 50.0), "ice40": (ICEBREAKER, 25.0)}
 
-#: Verilator arguments of the engine's builds. ``--output-split 0`` keeps the C++ in one file:
-#: split output makes Verilator's makefile use precompiled headers, and the PyPI wheel's
-#: ``verilated.mk`` has an empty ``CFG_CXXFLAGS_PCH_I`` (it should be ``-include``), so a split
-#: build fails. ``-O0`` halves the C++ compile time; these runs are a few thousand cycles.
+#: Verilator arguments of the engine's builds: one C++ file at -O0 roughly halves the compile
+#: time, which dominates these runs of a few thousand cycles.
 GEMM_BUILD_ARGS = ("--output-split", "0", "-CFLAGS", "-O0")
 
 #: Largest array the bench builds (Verilator build time grows with the PE count).

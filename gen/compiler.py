@@ -14,7 +14,6 @@ output tensors of one image.
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass, field
 
@@ -160,13 +159,6 @@ class _Compiler:
 
     def addr(self, tensor: str) -> int:
         return self.where[self.holder(tensor)]
-
-    def last_uses(self) -> dict[str, int]:
-        last = {}
-        for i, layer in enumerate(self.g.layers):
-            for t in layer.inputs:
-                last[self.holder(t)] = i
-        return last
 
     def run(self) -> Program:
         g = self.g

@@ -32,8 +32,20 @@ __all__ = ["ConvSpec", "PoolSpec", "FrozenConv2d", "FrozenMaxPool2d", "FrozenFea
            "adder_events"]
 
 
+class _WindowOutput:
+    """Output size of a window sliding over ``height x width`` (shared by the specs below)."""
+
+    @property
+    def out_height(self) -> int:
+        return output_size(self.height, self.kernel[0], self.stride[0], self.pads[0], self.pads[2])
+
+    @property
+    def out_width(self) -> int:
+        return output_size(self.width, self.kernel[1], self.stride[1], self.pads[1], self.pads[3])
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class ConvSpec:
+class ConvSpec(_WindowOutput):
     """Everything a frozen convolution needs, as plain integers (made by ``gen.freeze``).
 
     The output is ``clamp((sum(x * weight) * multiplier + offset) >> shift, lo, hi)`` per
@@ -77,20 +89,12 @@ class ConvSpec:
     in_range: tuple[int, int] = (-128, 127)
 
     @property
-    def out_height(self) -> int:
-        return output_size(self.height, self.kernel[0], self.stride[0], self.pads[0], self.pads[2])
-
-    @property
-    def out_width(self) -> int:
-        return output_size(self.width, self.kernel[1], self.stride[1], self.pads[1], self.pads[3])
-
-    @property
     def out_range(self) -> tuple[int, int]:
         return self.lo, self.hi
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class PoolSpec:
+class PoolSpec(_WindowOutput):
     """A frozen max pooling: windows padded with -128, which never wins the max.
 
     Members as in :class:`ConvSpec` (``channels`` in = out); ``in_range`` is passed through.
@@ -112,14 +116,6 @@ class PoolSpec:
     @property
     def out_channels(self) -> int:
         return self.channels
-
-    @property
-    def out_height(self) -> int:
-        return output_size(self.height, self.kernel[0], self.stride[0], self.pads[0], self.pads[2])
-
-    @property
-    def out_width(self) -> int:
-        return output_size(self.width, self.kernel[1], self.stride[1], self.pads[1], self.pads[3])
 
     @property
     def out_range(self) -> tuple[int, int]:
