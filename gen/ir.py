@@ -230,3 +230,39 @@ def params(layer: Layer) -> int:
     if isinstance(layer, (Conv2d, Dense)):
         return int(layer.weight.size + (0 if layer.bias is None else layer.bias.size))
     return 0
+
+
+def split_graph(graph: Graph, tensor: str) -> tuple[Graph, Graph]:
+    """Cut ``graph`` at ``tensor``: ``(front, back)``, where ``front`` computes ``tensor`` from the
+    graph's input and ``back`` computes the graph's output from ``tensor``.
+
+    The frozen front end and the programmable back end are compiled from the two halves. Both
+    keep the whole graph's quantization (the cut tensor has the same scale on both sides).
+    Raises ``ValueError`` when a layer after the cut reads a tensor from before it other than
+    ``tensor`` (a skip connection across the cut), or when ``tensor`` is not in the graph.
+    """
+    if tensor == graph.input:
+        cut = 0
+    else:
+        cut = next((i + 1 for i, layer in enumerate(graph.layers) if layer.output == tensor), None)
+        if cut is None:
+            raise ValueError(f"tensor {tensor!r} is not produced by any layer of {graph.name!r}")
+    front_layers, back_layers = graph.layers[:cut], graph.layers[cut:]
+    before = {graph.input} | {layer.output for layer in front_layers}
+    for layer in back_layers:
+        crossing = [t for t in layer.inputs if t in before and t != tensor]
+        if crossing:
+            raise ValueError(f"layer {layer.name!r} reads {crossing[0]!r} from before the cut at "
+                             f"{tensor!r}")
+
+    def part(input_name: str, output_name: str, layers: list[Layer], suffix: str) -> Graph:
+        used = {input_name} | {t for layer in layers for t in (*layer.inputs, layer.output)}
+        return dataclasses.replace(
+            graph, input=input_name, output=output_name, layers=list(layers),
+            shapes={t: s for t, s in graph.shapes.items() if t in used},
+            quant=None if graph.quant is None else {t: q for t, q in graph.quant.items()
+                                                    if t in used},
+            name=f"{graph.name}.{suffix}", extra=dict(graph.extra))
+
+    return (part(graph.input, tensor, front_layers, "front"),
+            part(tensor, graph.output, back_layers, "back"))
