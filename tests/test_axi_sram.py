@@ -9,56 +9,20 @@ from amaranth.sim import Simulator
 from hoarfrost.hw.axi import AxiResp
 from hoarfrost.hw.axi_sram import AxiSram
 
+from axi_manager import burst_coroutine
+
 SIZE = 1024
-
-
-async def put(ctx, channel, rng, idle_prob, **fields):
-    """Drive one beat on an AXI channel the testbench is the source of."""
-    while rng.random() < idle_prob:
-        await ctx.tick()
-    for name, value in fields.items():
-        ctx.set(getattr(channel, name), value)
-    ctx.set(channel.valid, 1)
-    await ctx.tick().until(channel.ready)
-    ctx.set(channel.valid, 0)
-
-
-async def get(ctx, channel, rng, stall_prob, *names):
-    """Take one beat from an AXI channel the block is the source of: the named fields."""
-    while True:
-        ready = rng.random() >= stall_prob
-        ctx.set(channel.ready, ready)
-        sampled = await ctx.tick().sample(channel.valid, *(getattr(channel, n) for n in names))
-        valid, values = sampled[-1 - len(names)], list(sampled[len(sampled) - len(names):])
-        if ready and valid:
-            ctx.set(channel.ready, 0)
-            return values
 
 
 def run_bursts(dut, bursts, *, seed, stall_prob):
     """Each burst: ("w", beat, data list, strobe list) or ("r", beat, beats). Returns what the
     reads returned (data and responses) and the write responses."""
     rng = random.Random(seed)
-    bpb = dut.bytes_per_beat
     reads, writes, cycles = [], [], []
 
     async def manager(ctx):
-        for burst in bursts:
-            if burst[0] == "w":
-                _, beat, data, strobes = burst
-                await put(ctx, dut.s_axi.aw, rng, stall_prob, addr=beat * bpb, len=len(data) - 1,
-                          size=bpb.bit_length() - 1, burst=1, id=3)
-                for i, (d, s) in enumerate(zip(data, strobes)):
-                    await put(ctx, dut.s_axi.w, rng, stall_prob, data=d, strb=s,
-                              last=int(i == len(data) - 1))
-                writes.append(await get(ctx, dut.s_axi.b, rng, stall_prob, "resp", "id"))
-            else:
-                _, beat, beats = burst
-                await put(ctx, dut.s_axi.ar, rng, stall_prob, addr=beat * bpb, len=beats - 1,
-                          size=bpb.bit_length() - 1, burst=1, id=5)
-                got = [await get(ctx, dut.s_axi.r, rng, stall_prob, "data", "resp", "last", "id")
-                       for _ in range(beats)]
-                reads.append(got)
+        await burst_coroutine(ctx, dut.s_axi, bursts, dut.bytes_per_beat, rng, stall_prob,
+                              reads, writes)
         cycles.append(ctx.get(dut.busy_cycles))
 
     sim = Simulator(dut)
