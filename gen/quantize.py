@@ -39,13 +39,21 @@ def range_qparams(lo: float, hi: float) -> QParams:
     return QParams(scale, zero_point)
 
 
-def quantize_weights(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+#: Largest bias magnitude, in accumulator units, a channel's weight scale may imply: 2**24 leaves
+#: int32 room for 128x the bias in products. Only a channel whose weights are negligible next to
+#: its bias (all ~0, e.g. a unit weight decay switched off) reaches it; its scale is raised and
+#: its weights round to 0, instead of a bias that int32 cannot hold.
+BIAS_ACC_LIMIT = 2**24
+
+
+def quantize_weights(weight: np.ndarray, bits: int, *,
+                     min_scale: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Symmetric per-output-channel quantization of ``weight`` (axis 0) to ``bits`` bits.
 
     Returns ``(q, scale)`` with ``q`` in ``[-(2**(bits-1)-1), 2**(bits-1)-1]``. At 8 bits the
     scale covers the channel's largest magnitude; at 4 and 2 bits it is the clipping ratio of
     that magnitude with the least squared error, since a few outliers would otherwise leave
-    most weights at zero.
+    most weights at zero. ``min_scale`` (per channel) bounds the scale from below.
     """
     if bits not in WEIGHT_BITS:
         raise HoarfrostError(f"--weight-bits must be one of 8, 4, 2, not {bits!r}")
@@ -63,6 +71,8 @@ def quantize_weights(weight: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndar
         better = err < best_err
         best_err = np.where(better, err, best_err)
         best_scale = np.where(better, scale, best_scale)
+    if min_scale is not None:
+        best_scale = np.maximum(best_scale, min_scale)
     best_scale = best_scale.astype(np.float32).astype(np.float64)    # see range_qparams
     q = np.clip(np.rint(flat / best_scale[:, None]), -qmax, qmax).astype(np.int64)
     return q.reshape(weight.shape), best_scale
@@ -91,7 +101,11 @@ def quantize(graph: Graph, calib: np.ndarray, weight_bits: int = 8) -> Graph:
     layers = []
     for layer in graph.layers:
         if isinstance(layer, (Conv2d, Dense)):
-            q, scale = quantize_weights(layer.weight, weight_bits)
+            min_scale = None
+            if layer.bias is not None:
+                min_scale = (np.abs(np.asarray(layer.bias, dtype=np.float64))
+                             / (quant[layer.inputs[0]].scale * BIAS_ACC_LIMIT))
+            q, scale = quantize_weights(layer.weight, weight_bits, min_scale=min_scale)
             layer = layer.replace(weight_q=q, weight_scale=scale, weight_bits=weight_bits)
         else:
             layer = layer.replace()
