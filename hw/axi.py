@@ -7,9 +7,10 @@ for AW and AR, ``AxiWriteDataSignature`` for W, ``AxiWriteResponseSignature`` fo
 its AW, W and AR channels are driven, B and R are received.
 
 Only the signals a DMA engine needs are present. The optional AXI4 signals (``*lock``,
-``*cache``, ``*prot``, ``*qos``, ``*region``, ``*user``, ``wstrb``) are absent, which AXI4
-defines as their defaults (normal, non-cacheable, unprivileged, secure; all byte lanes
-written); cocotbext-axi's bus classes list them as optional and accept their absence.
+``*cache``, ``*prot``, ``*qos``, ``*region``, ``*user``) are absent, which AXI4 defines as
+their defaults (normal, non-cacheable, unprivileged, secure); cocotbext-axi's bus classes list
+them as optional and accept their absence. ``wstrb`` is present only when a port asks for it
+(``wstrb=True``, for partial-beat writes); without it every byte lane is written.
 
 Port names: ``amaranth.back.verilog.convert`` joins a port's path with ``__``, so the member
 ``m_axi.ar.addr`` would become ``m_axi__ar__addr``. AXI tools (cocotbext-axi's
@@ -105,24 +106,29 @@ class AxiWriteDataSignature(wiring.Signature):
     Members
     -------
     data : ``Out(data_width)``
+    strb : ``Out(data_width // 8)``
+        Only with ``wstrb=True``: bit ``i`` set writes byte lane ``i`` of ``data``.
     last : ``Out(1)``
         Set on the last beat of a burst.
     valid : ``Out(1)``
     ready : ``In(1)``
     """
 
-    def __init__(self, *, data_width: int):
+    def __init__(self, *, data_width: int, wstrb: bool = False):
         _check_widths(32, data_width, 1)
-        self.data_width = data_width
+        self.data_width, self.wstrb = data_width, bool(wstrb)
+        strobes = {"strb": Out(data_width // 8)} if wstrb else {}
         super().__init__({
-            "data": Out(data_width), "last": Out(1), "valid": Out(1), "ready": In(1),
+            "data": Out(data_width), **strobes, "last": Out(1), "valid": Out(1), "ready": In(1),
         })
 
     def __eq__(self, other):
-        return type(other) is type(self) and other.data_width == self.data_width
+        return (type(other) is type(self) and other.data_width == self.data_width
+                and other.wstrb == self.wstrb)
 
     def __repr__(self):
-        return f"AxiWriteDataSignature(data_width={self.data_width})"
+        strobes = ", wstrb=True" if self.wstrb else ""
+        return f"AxiWriteDataSignature(data_width={self.data_width}{strobes})"
 
 
 class AxiWriteResponseSignature(wiring.Signature):
@@ -187,13 +193,15 @@ class _AxiPortSignature(wiring.Signature):
 
     _channels: tuple[str, ...] = ()
 
-    def __init__(self, *, addr_width: int = 32, data_width: int = 64, id_width: int = 4):
+    def __init__(self, *, addr_width: int = 32, data_width: int = 64, id_width: int = 4,
+                 wstrb: bool = False):
         _check_widths(addr_width, data_width, id_width)
         self.addr_width, self.data_width, self.id_width = addr_width, data_width, id_width
+        self.wstrb = bool(wstrb)
         address = AxiAddressSignature(addr_width=addr_width, id_width=id_width)
         every = {
             "aw": Out(address),
-            "w":  Out(AxiWriteDataSignature(data_width=data_width)),
+            "w":  Out(AxiWriteDataSignature(data_width=data_width, wstrb=wstrb)),
             "b":  Out(AxiWriteResponseSignature(id_width=id_width)),
             "ar": Out(address),
             "r":  Out(AxiReadDataSignature(data_width=data_width, id_width=id_width)),
@@ -206,11 +214,13 @@ class _AxiPortSignature(wiring.Signature):
 
     def __eq__(self, other):
         return (type(other) is type(self) and other.addr_width == self.addr_width
-                and other.data_width == self.data_width and other.id_width == self.id_width)
+                and other.data_width == self.data_width and other.id_width == self.id_width
+                and other.wstrb == self.wstrb)
 
     def __repr__(self):
+        strobes = ", wstrb=True" if self.wstrb else ""
         return (f"{type(self).__name__}(addr_width={self.addr_width}, "
-                f"data_width={self.data_width}, id_width={self.id_width})")
+                f"data_width={self.data_width}, id_width={self.id_width}{strobes})")
 
 
 class AxiReadSignature(_AxiPortSignature):
@@ -224,6 +234,8 @@ class AxiReadSignature(_AxiPortSignature):
         Bits per beat, a power of two from 8 to 1024 (32, 64 and 128 are the tested ones).
     id_width : int
         Width of transaction IDs.
+    wstrb : bool
+        Give the W channel byte strobes (``strb``); unused by a read port.
     """
     _channels = ("ar", "r")
 

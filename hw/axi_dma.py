@@ -22,8 +22,8 @@ from amaranth.lib.wiring import In, Out
 from hoarfrost.hw.axi import (BOUNDARY_BYTES, MAX_BURST_BEATS, AxiBurst, AxiReadSignature,
                               AxiResp, AxiSignature, AxiWriteSignature)
 
-__all__ = ["dma_command_layout", "burst_layout", "BurstSplitter", "AxiReadDma", "AxiWriteDma",
-           "DmaTestTop", "split_bursts", "DMA_COUNTERS"]
+__all__ = ["dma_command_layout", "burst_layout", "strobed_beat_layout", "BurstSplitter",
+           "AxiReadDma", "AxiWriteDma", "DmaTestTop", "split_bursts", "DMA_COUNTERS"]
 
 #: Counter ports of both engines, in the order testbenches report them.
 DMA_COUNTERS = ("beats", "bytes", "bursts", "busy_cycles", "mem_wait_cycles", "stall_cycles",
@@ -33,6 +33,11 @@ DMA_COUNTERS = ("beats", "bytes", "bursts", "busy_cycles", "mem_wait_cycles", "s
 def dma_command_layout(addr_width: int, len_width: int) -> data.StructLayout:
     """Payload of a DMA command: first byte address and length in beats (0 = do nothing)."""
     return data.StructLayout({"addr": addr_width, "beats": len_width})
+
+
+def strobed_beat_layout(data_width: int) -> data.StructLayout:
+    """Payload of :class:`AxiWriteDma`'s ``i_data`` with ``wstrb=True``: a beat and its WSTRB."""
+    return data.StructLayout({"data": data_width, "strb": data_width // 8})
 
 
 def burst_layout(addr_width: int) -> data.StructLayout:
@@ -150,13 +155,15 @@ class BurstSplitter(wiring.Component):
         return m
 
 
-def _dma_members(kind, addr_width, data_width, id_width, len_width, data_flow):
+def _dma_members(kind, addr_width, data_width, id_width, len_width, data_flow, wstrb=False):
     port = AxiReadSignature if kind == "read" else AxiWriteSignature
     data_name = "o_data" if data_flow is Out else "i_data"
+    beat = strobed_beat_layout(data_width) if wstrb else unsigned(data_width)
     return {
         "i_cmd": In(stream.Signature(dma_command_layout(addr_width, len_width))),
-        data_name: data_flow(stream.Signature(unsigned(data_width))),
-        "m_axi": Out(port(addr_width=addr_width, data_width=data_width, id_width=id_width)),
+        data_name: data_flow(stream.Signature(beat)),
+        "m_axi": Out(port(addr_width=addr_width, data_width=data_width, id_width=id_width,
+                          wstrb=wstrb)),
         "busy": Out(1),
         **{name: Out(32) for name in DMA_COUNTERS},
     }
@@ -170,8 +177,10 @@ class _AxiDma(wiring.Component):
 
     def __init__(self, *, addr_width: int = 32, data_width: int = 64, id_width: int = 4,
                  len_width: int = 24, max_outstanding: int = 4,
-                 max_burst: int = MAX_BURST_BEATS, axi_id: int = 0):
+                 max_burst: int = MAX_BURST_BEATS, axi_id: int = 0, wstrb: bool = False):
         _check_dma_args(addr_width, data_width, len_width, max_burst)
+        if wstrb and self._kind != "write":
+            raise ValueError(f"Byte strobes are a write engine's, not a {self._kind} engine's")
         if not isinstance(max_outstanding, int) or not 1 <= max_outstanding <= 64:
             raise ValueError(f"Outstanding bursts must be an integer from 1 to 64, "
                              f"not {max_outstanding!r}")
@@ -179,8 +188,9 @@ class _AxiDma(wiring.Component):
             raise ValueError(f"AXI ID must fit {id_width} bits, not {axi_id!r}")
         self._addr_width, self._data_width, self._len_width = addr_width, data_width, len_width
         self._max_outstanding, self._max_burst, self._axi_id = max_outstanding, max_burst, axi_id
+        self._wstrb = bool(wstrb)
         super().__init__(_dma_members(self._kind, addr_width, data_width, id_width, len_width,
-                                      self._data_flow))
+                                      self._data_flow, self._wstrb))
 
     @property
     def max_outstanding(self) -> int:
@@ -322,13 +332,17 @@ class AxiWriteDma(_AxiDma):
         Most bursts planned and not yet answered on B, 1 to 64.
     axi_id : int
         The AWID of every request.
+    wstrb : bool
+        Give W byte strobes: ``i_data`` then carries :func:`strobed_beat_layout` beats (data
+        and WSTRB, for partial-beat writes) instead of bare words written whole.
 
     Members
     -------
     i_cmd : ``In(stream.Signature(dma_command_layout(addr_width, len_width)))``
         Commands: byte ``addr`` (beat-aligned; lower bits ignored) and ``beats`` to write.
     i_data : ``In(stream.Signature(data_width))``
-        The beats to write, in command order.
+        The beats to write, in command order (``strobed_beat_layout(data_width)`` with
+        ``wstrb``).
     m_axi : ``Out(AxiWriteSignature(...))``
         AW, W and B channels of the memory port.
     busy : ``Out(1)``
@@ -389,7 +403,8 @@ class AxiWriteDma(_AxiDma):
         sent = Signal(8)  # beats of the current burst already sent on W
         m.d.comb += [
             w.valid.eq(lengths.r_rdy & self.i_data.valid),
-            w.data.eq(self.i_data.payload),
+            *([w.data.eq(self.i_data.payload.data), w.strb.eq(self.i_data.payload.strb)]
+              if self._wstrb else [w.data.eq(self.i_data.payload)]),
             w.last.eq(sent == lengths.r_data),
             self.i_data.ready.eq(lengths.r_rdy & w.ready),
             b.ready.eq(1),

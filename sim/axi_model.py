@@ -4,6 +4,7 @@
 one background testbench process. It checks what an AXI4 memory must be able to rely on
 (INCR bursts of full-width beats, aligned addresses, no 4 KB crossing, at most 256 beats,
 WLAST on exactly the last beat, VALID held until READY) and fails the simulation otherwise.
+A W channel with byte strobes (``strb``) writes only the lanes whose strobe bit is set.
 
 Latency: a read burst accepted on AR at clock edge ``k`` returns its first beat no earlier than
 edge ``k + read_latency``; a write response leaves no earlier than ``write_latency`` edges after
@@ -121,6 +122,9 @@ class AxiMemoryModel:
         if has_write:
             sampled += [p.aw.valid, p.aw.ready, p.aw.addr, p.aw.len, p.aw.size, p.aw.burst,
                         p.aw.id, p.w.valid, p.w.ready, p.w.data, p.w.last, p.b.valid, p.b.ready]
+        strobes = has_write and "strb" in p.w.signature.members
+        if strobes:
+            sampled.append(p.w.strb)
 
         while True:
             # Drive this cycle's outputs; a beat or response once offered stays until taken.
@@ -189,7 +193,12 @@ class AxiMemoryModel:
                     writes_in_flight -= 1
                 if get(p.w.valid) and get(p.w.ready):
                     burst = writes[0]
-                    self.memory[burst[0]] = get(p.w.data)
+                    beat = get(p.w.data)
+                    if strobes:
+                        mask = sum(0xFF << 8 * lane for lane in range(self.bytes_per_beat)
+                                   if get(p.w.strb) >> lane & 1)
+                        beat = self.read_beat(burst[0]) & ~mask | beat & mask
+                    self.memory[burst[0]] = beat
                     burst[0] += 1
                     burst[1] -= 1
                     if bool(get(p.w.last)) != (burst[1] == 0):
