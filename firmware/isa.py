@@ -6,6 +6,9 @@ The machine
   by the compiler) and the input/output tensors.
 * **Scratchpad**: on-chip activation SRAM, bytes. Feature maps live here as int8 in CHW order
   (per image), at offsets the compiler allocates. CHW makes Flatten/Reshape free.
+* **Feature stream** (a back end built with ``stream_channels = C > 0``): pixels of the
+  frozen front end's output, one per beat, raster order, ``C`` signed int8 lanes (lane ``c`` =
+  channel ``c``), taken by ``RECV``.
 * **Geometry registers**: set by ``GEOM``, read by the next ``MATMUL``/``POOL``s: the input
   feature map's shape, the window (kernel, stride, padding, dilation) and the output's shape.
 
@@ -35,6 +38,9 @@ POOL      ``src, dst, kind, zp_in (signed), lo_in, hi_in (signed), p_addr, zp_ou
 ADD       ``src_a, src_b, dst, length, zp_a, zp_b, mult_a, mult_b, shift, zp_out, lo, hi``:
           ``clamp(zp_out + rounding_shift((a - zp_a) * mult_a + (b - zp_b) * mult_b,
           shift), lo, hi)`` elementwise.
+RECV      ``dst, pixels``: take ``pixels`` beats from the feature stream into the scratchpad as
+          a CHW feature map: ``scratch[dst + c * pixels + p]`` = lane ``c`` of beat ``p``.
+          Waits for beats that have not arrived (the frozen front end computes them).
 SYNC      wait until every earlier command has finished (DMA included).
 END       the program is done.
 ========  =================================================================================
@@ -60,6 +66,7 @@ class Op(enum.IntEnum):
     ADD = 6
     SYNC = 7
     END = 8
+    RECV = 9
 
 
 #: Field names of each command, in encoding order. Names in SIGNED are two's complement.
@@ -75,6 +82,7 @@ FIELDS: dict[Op, tuple[str, ...]] = {
              "zp_out", "lo", "hi"),
     Op.SYNC: (),
     Op.END: (),
+    Op.RECV: ("dst", "pixels"),
 }
 SIGNED = frozenset({"zp_in", "zp_out", "zp_a", "zp_b", "lo", "hi", "lo_in", "hi_in"})
 NO_PARAMS = 0xFFFF_FFFF

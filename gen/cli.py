@@ -249,6 +249,9 @@ def cmd_compile(args) -> int:
     out = Path(args.output)
     if out.exists() and not args.force:        # before the (slow) import and quantization
         raise HoarfrostError(f"-o {args.output!r} exists; pass --force to replace it")
+    if args.freeze is not None and args.freeze < 1:
+        raise HoarfrostError(f"--freeze must be a positive number of convolutions, not "
+                             f"{args.freeze!r}")
     graph = load_model(args.model)
     source = {"path": args.model, "sha256": _sha256_file(args.model),
               "quantized": graph.is_quantized}
@@ -266,19 +269,26 @@ def cmd_compile(args) -> int:
             args.weight_bits = config.backend.weight_bits
         qgraph = _quantized(args, graph)
         source.update(calib_sha256=_sha256_file(args.calib), weight_bits=args.weight_bits)
-    m = compile_to_dir(qgraph, config, out, source=source, force=args.force)
+    m = compile_to_dir(qgraph, config, out, source=source, force=args.force,
+                       freeze=args.freeze)
     d = m["dram"]
     summary = {"out": str(out), "manifest": m}
     b = m["config"]["backend"]
+    frozen = m.get("frozen")
+    where = ("every layer on the back end" if frozen is None else
+             f"{len(frozen['layers'])} layer(s) frozen in logic, {len(m['layers'])} on the back "
+             f"end")
     lines = [f"{args.model} -> {out}/ for config {config.name!r} ({b['rows']}x{b['cols']} array, "
-             f"scratchpad {b['scratch_bytes']} bytes, {m['config']['clock_mhz']:g} MHz): "
-             f"every layer on the back end",
+             f"scratchpad {b['scratch_bytes']} bytes, {m['config']['clock_mhz']:g} MHz): {where}",
              f"{'layer':<28} {'op':<8} {'output':<14} {'MACs':>8} {'cmds':>5} {'w bytes':>8}"]
+    if frozen is not None:
+        lines += [f"{r['name'][:28]:<28} {r['op']:<8} {str(tuple(r['output'])):<14} "
+                  f"{r['macs']:>8} {'frozen':>5} {0:>8}" for r in frozen["layers"]]
     lines += [f"{r['name'][:28]:<28} {r['op']:<8} {str(tuple(r['output'])):<14} {r['macs']:>8} "
               f"{r['commands']:>5} {r['weight_bytes']:>8}" for r in m["layers"]]
     lines.append(f"{m['commands']} commands ({d['firmware_bytes']} bytes of firmware), DRAM "
                  f"image {d['image_bytes']} bytes, scratchpad peak {m['scratch_peak_bytes']} "
-                 f"bytes; wrote backend.v, firmware.bin/.asm, weights.bin, model_q.onnx, "
+                 f"bytes; wrote {m['verilog']}, firmware.bin/.asm, weights.bin, model_q.onnx, "
                  f"manifest.json")
     emit(args, summary, "\n".join(lines))
     return 0
@@ -301,9 +311,12 @@ def cmd_sim(args) -> int:
         raise HoarfrostError(f"--batch must be at least 1, not {args.batch!r}")
     if not 0 <= args.dram_stall < 1:
         raise HoarfrostError(f"--dram-stall must be in [0, 1), not {args.dram_stall!r}")
+    if not 0 <= args.pixel_gaps < 1:
+        raise HoarfrostError(f"--pixel-gaps must be in [0, 1), not {args.pixel_gaps!r}")
     try:
         summary, text, mismatch = simulate(out, x, labels, batch=args.batch,
-                                           stall_prob=args.dram_stall)
+                                           stall_prob=args.dram_stall,
+                                           pixel_idle_prob=args.pixel_gaps)
     except SimulationFailed as exc:            # a hardware bug, not the user's mistake
         print(f"hoarfrost: sim: {exc}", file=sys.stderr)
         return 1
@@ -395,8 +408,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(configuration, partition, DRAM layout, layer table, source "
                                    "model hash). OUT appears whole or not at all. A model that "
                                    "does not fit the configuration is an error naming the "
-                                   "setting to raise. So far every layer runs on the "
-                                   "programmable back end (no frozen front end or sparse engine).")
+                                   "setting to raise. Every layer runs on the programmable back "
+                                   "end unless --freeze N puts the first N convolutions into a "
+                                   "frozen front end (weights as constants in the logic) that "
+                                   "streams into it; OUT/ then has accelerator.v instead of "
+                                   "backend.v.")
     p.add_argument("model", metavar="MODEL", help="an .onnx file (float with --calib, or QDQ)")
     p.add_argument("--config", metavar="C",
                    help="a preset (default, icebreaker, ulx3s-85f) or a .toml file: "
@@ -408,6 +424,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-bits", type=int, default=None, choices=(8, 4, 2), metavar="8|4|2",
                    help="weight precision when quantizing (default: the configuration's "
                         "weight_bits)")
+    p.add_argument("--freeze", type=int, metavar="N",
+                   help="generate the first N convolutions (with the max pooling and "
+                        "activations in line with them) as a frozen front end whose output "
+                        "streams into the back end; they must form a chain from the input")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true", help="print one JSON summary (the manifest)")
@@ -415,8 +435,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sim", help="run OUT/ in Verilator, checked against the golden model",
                        description="Run a batch of inputs through the compiled accelerator's "
-                                   "RTL (OUT/backend.v in Verilator, cocotb testbench with a "
-                                   "DRAM model; the build is cached by content) and check every "
+                                   "RTL (OUT/backend.v or accelerator.v in Verilator, cocotb "
+                                   "testbench with a DRAM model, and with a frozen front end the "
+                                   "image streamed into it pixel by pixel with random gaps; the "
+                                   "build is cached by content) and check every "
                                    "output against the integer golden model of OUT/model_q.onnx. "
                                    "Prints cycles per image and in total, simulated cycles per "
                                    "second, cycles per layer, energy per inference with its "
@@ -432,6 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="images per simulator run (default 10)")
     p.add_argument("--dram-stall", type=float, default=0.0, metavar="P",
                    help="probability that the DRAM model stalls a stream in a cycle (default 0)")
+    p.add_argument("--pixel-gaps", type=float, default=0.0, metavar="P",
+                   help="with a frozen front end: probability of an idle cycle before each "
+                        "input pixel streamed into it (default 0)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON summary (per-image cycles, per-layer cycles, energy, "
                         "DRAM bytes, accuracy, sim speed)")
@@ -447,6 +472,21 @@ def build_parser() -> argparse.ArgumentParser:
         module.add_arguments(k)
         k.add_argument("--json", action="store_true", help="print one JSON summary")
         k.set_defaults(func=cmd_bench, bench_module=module)
+
+    from hoarfrost.gen import build
+    p = sub.add_parser("build", help=build.HELP, description=build.DESCRIPTION)
+    build.add_arguments(p)
+    p.set_defaults(func=build.run)
+
+    from hoarfrost.gen import flash
+    p = sub.add_parser("flash", help=flash.HELP, description=flash.DESCRIPTION)
+    flash.add_arguments(p)
+    p.set_defaults(func=flash.run)
+
+    from hoarfrost.gen import report
+    p = sub.add_parser("report", help=report.HELP, description=report.DESCRIPTION)
+    report.add_arguments(p)
+    p.set_defaults(func=report.run)
     return parser
 
 

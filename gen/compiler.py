@@ -59,7 +59,8 @@ class Program:
     image : bytes
         DRAM contents from address 0 (weights and parameters).
     input_addr, output_addr : int
-        DRAM addresses of one image's int8 input and output tensors (CHW).
+        DRAM addresses of one image's int8 input and output tensors (CHW); ``input_addr`` is
+        None when the input arrives on the feature stream (:func:`compile_streamed`).
     input_shape, output_shape : tuple[int, ...]
     dram_bytes : int
         DRAM the program addresses in all.
@@ -71,7 +72,7 @@ class Program:
 
     commands: list[Command]
     image: bytes
-    input_addr: int
+    input_addr: int | None
     output_addr: int
     input_shape: tuple[int, ...]
     output_shape: tuple[int, ...]
@@ -135,10 +136,11 @@ def _table_blob(multiplier, shift) -> bytes:
 
 
 class _Compiler:
-    def __init__(self, graph: Graph, limits: CompileLimits):
+    def __init__(self, graph: Graph, limits: CompileLimits, *, streamed: bool = False):
         if not graph.is_quantized:
             raise HoarfrostError(f"model {graph.name!r} is float: quantize it first")
         self.g, self.limits = graph, limits
+        self.streamed = streamed              # the input arrives by RECV, not from DRAM
         self.image = _Image()
         self.scratch = _Scratchpad(limits.scratch_bytes)
         self.where: dict[str, int] = {}       # tensor -> scratchpad offset
@@ -173,16 +175,28 @@ class _Compiler:
                     self.scratch.free(self.holder(t))
             self.table.append({"name": layer.name, "op": layer.op,
                                "commands": len(self.commands) - start})
-        input_addr = self.image.put(bytes(input_bytes))
+        input_addr = None if self.streamed else self.image.put(bytes(input_bytes))
         output_addr = self.image.put(bytes(output_bytes))
-        self.commands.insert(io_marker, Command.make(Op.LOAD, dram_addr=input_addr,
-                                                     dst=self.where[g.input], length=input_bytes))
+        self.commands.insert(io_marker, self.input_command(input_addr))
         self.emit(Op.STORE, src=self.addr(g.output), dram_addr=output_addr, length=output_bytes)
         self.emit(Op.SYNC)
         self.emit(Op.END)
         return Program(self.commands, bytes(self.image.data), input_addr, output_addr,
                        tuple(g.shapes[g.input]), tuple(g.shapes[g.output]),
                        len(self.image.data), self.table, self.scratch.peak)
+
+    def input_command(self, input_addr: int | None) -> Command:
+        """The command that brings the input into the scratchpad: a ``LOAD`` from DRAM, or a
+        ``RECV`` of the frozen front end's pixels (``H*W`` beats of ``C`` channels)."""
+        g = self.g
+        if not self.streamed:
+            return Command.make(Op.LOAD, dram_addr=input_addr, dst=self.where[g.input],
+                                length=self.size(g.input))
+        shape = g.shapes[g.input]
+        if len(shape) != 3:
+            raise HoarfrostError(f"input {g.input!r} of shape {tuple(shape)} is not a CHW "
+                                 f"feature map; the feature stream carries pixels")
+        return Command.make(Op.RECV, dst=self.where[g.input], pixels=shape[1] * shape[2])
 
     def _dead_after(self, tensor: str, index: int) -> bool:
         holder = self.holder(tensor)
@@ -308,3 +322,11 @@ class _Compiler:
 def compile_graph(graph: Graph, limits: CompileLimits = CompileLimits()) -> Program:
     """Firmware and DRAM image running ``graph`` on the back end, one image at a time."""
     return _Compiler(graph, limits).run()
+
+
+def compile_streamed(graph: Graph, limits: CompileLimits = CompileLimits()) -> Program:
+    """Like :func:`compile_graph`, for the back half of a graph cut behind a frozen front end
+    (:func:`~hoarfrost.gen.ir.split_graph`): the input, a ``(C, H, W)`` feature map, arrives
+    on the back end's feature stream by one ``RECV`` instead of a ``LOAD`` from DRAM. The DRAM
+    image has no input buffer; ``Program.input_addr`` is None."""
+    return _Compiler(graph, limits, streamed=True).run()

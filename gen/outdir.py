@@ -4,12 +4,18 @@ OUT/ holds everything needed to simulate or build the accelerator without the so
 
 =================  =========================================================================
 ``backend.v``      Verilog of the back end (:class:`~hoarfrost.hw.backend.BackEnd`), top
-                   module ``backend``
-``firmware.bin``   the command stream (:func:`hoarfrost.firmware.isa.encode`)
+                   module ``backend``; with ``--freeze N`` instead ``accelerator.v``, the
+                   :class:`~hoarfrost.hw.accelerator.Accelerator`: the frozen first ``N``
+                   convolutions streaming into the back end, top module ``accelerator``
+``firmware.bin``   the command stream (:func:`hoarfrost.firmware.isa.encode`); with
+                   ``--freeze`` it starts with the ``RECV`` of the frozen layers' output
 ``firmware.asm``   its disassembly
-``weights.bin``    the DRAM image from address 0: weights, parameters, I/O buffers
+``weights.bin``    the DRAM image from address 0: weights, parameters, I/O buffers (no input
+                   buffer with ``--freeze``: the input streams into the frozen block)
 ``model_q.onnx``   the QDQ model that was compiled: the golden model ``sim`` checks against
-``manifest.json``  configuration, partition, DRAM layout, layer table, file digests
+``manifest.json``  configuration, partition, DRAM layout, layer table (the back end's layers),
+                   file digests; with ``--freeze`` also ``frozen``: the frozen layers, their
+                   MACs, pixel counts and events per frame
 =================  =========================================================================
 
 The directory is built next to OUT under a temporary name and renamed into place at the end,
@@ -35,10 +41,13 @@ from hoarfrost.gen.config import HardwareConfig
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import Graph, macs
 
-__all__ = ["TOPLEVEL", "FILES", "compile_to_dir", "read_manifest", "sha256"]
+__all__ = ["TOPLEVEL", "FILES", "FROZEN_TOPLEVEL", "FROZEN_FILES", "compile_to_dir",
+           "read_manifest", "sha256", "frozen_partition"]
 
 TOPLEVEL = "backend"
 FILES = ("backend.v", "firmware.bin", "firmware.asm", "weights.bin", "model_q.onnx")
+FROZEN_TOPLEVEL = "accelerator"
+FROZEN_FILES = ("accelerator.v", *FILES[1:])
 MANIFEST_VERSION = 1
 
 
@@ -60,6 +69,40 @@ def backend_verilog(backend, scratch_bytes: int, param_depth: int) -> str:
     return verilog.convert(design, name=TOPLEVEL)
 
 
+def accelerator_verilog(backend, scratch_bytes: int, param_depth: int, specs) -> tuple[str, dict]:
+    """Verilog of the accelerator with the frozen layers ``specs`` in front of the back end,
+    and the frozen block's events per frame (:func:`hoarfrost.gen.freeze.frame_events`, from
+    the structure just elaborated), which ``sim`` prices."""
+    from amaranth.back import verilog
+
+    from hoarfrost.gen.freeze import frame_events
+    from hoarfrost.hw.accelerator import Accelerator
+    design = Accelerator(backend, specs, scratch_bytes=scratch_bytes, param_depth=param_depth)
+    text = verilog.convert(design, name=FROZEN_TOPLEVEL, emit_src=False)
+    return text, frame_events(design.frozen)
+
+
+def frozen_partition(graph: Graph, freeze: int):
+    """``(frozen layers, specs, front, back)`` of ``graph`` with its first ``freeze``
+    convolutions frozen: the front half goes into the frozen block, the back half onto the back
+    end. A bad ``freeze`` is a :class:`HoarfrostError` naming ``--freeze``."""
+    from hoarfrost.gen.freeze import freeze_specs, frozen_layers
+    from hoarfrost.gen.ir import split_graph
+    try:
+        layers = frozen_layers(graph, freeze)
+        specs = freeze_specs(graph, freeze)
+    except HoarfrostError as exc:
+        # gen.freeze words its errors for `bench freeze --layers N`; here the option is --freeze
+        message = str(exc).replace("--layers", "--freeze")
+        raise HoarfrostError(message if "--freeze" in message
+                             else f"--freeze {freeze}: {message}") from None
+    try:
+        front, back = split_graph(graph, layers[-1].output)
+    except ValueError as exc:
+        raise HoarfrostError(f"--freeze {freeze}: {exc}") from None
+    return layers, specs, front, back
+
+
 def check_fits(graph: Graph, config: HardwareConfig) -> None:
     """What the compiler does not check itself: the weights' width against the array's."""
     where = f"--config {config.name}"
@@ -75,8 +118,9 @@ def check_fits(graph: Graph, config: HardwareConfig) -> None:
 def layer_table(graph: Graph, program, config: HardwareConfig) -> list[dict]:
     """Per layer: shapes, MACs, its commands (first index and count) and DRAM bytes.
 
-    Command 0 is the input ``LOAD``; the layers' commands follow in order (Flatten/Reshape
-    have none); the program ends with the output ``STORE``, ``SYNC`` and ``END``.
+    Command 0 is the input ``LOAD`` (``RECV`` behind a frozen front end); the layers' commands
+    follow in order (Flatten/Reshape have none); the program ends with the output ``STORE``,
+    ``SYNC`` and ``END``.
     """
     rows_, cols = config.backend.rows, config.backend.cols
     first = 1
@@ -104,7 +148,7 @@ def layer_table(graph: Graph, program, config: HardwareConfig) -> list[dict]:
                       "first_command": first, "commands": entry["commands"],
                       "weight_bytes": weight_bytes, "param_bytes": param_bytes})
         first += entry["commands"]
-    if (program.commands[0].op != Op.LOAD or first != len(program.commands) - 3
+    if (program.commands[0].op not in (Op.LOAD, Op.RECV) or first != len(program.commands) - 3
             or [c.op for c in program.commands[first:]] != [Op.STORE, Op.SYNC, Op.END]):
         raise RuntimeError("compiled program does not have the expected LOAD ... STORE SYNC "
                            "END framing; the layer table would be wrong")
@@ -118,14 +162,16 @@ def _tensor(graph: Graph, name: str) -> dict:
 
 
 def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: dict,
-                   force: bool = False) -> dict:
+                   force: bool = False, freeze: int | None = None) -> dict:
     """Compile ``qgraph`` for ``config`` and write OUT/; returns the manifest.
 
-    ``source`` describes the model compiled (path, sha256, how it was quantized). Raises
-    :class:`HoarfrostError` (nothing written) if OUT exists without ``force`` or the model
-    does not fit the configuration.
+    ``source`` describes the model compiled (path, sha256, how it was quantized). ``freeze``
+    puts the first ``freeze`` convolutions (and the pooling/activations in line with them) into
+    a frozen front end and compiles the rest for the back end, its input arriving by ``RECV``.
+    Raises :class:`HoarfrostError` (nothing written) if OUT exists without ``force``, the model
+    does not fit the configuration or cannot be frozen that deep.
     """
-    from hoarfrost.gen.compiler import CompileLimits, compile_graph
+    from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
     from hoarfrost.gen.onnx_import import import_onnx
     from hoarfrost.gen.qdq import save_qdq
 
@@ -138,10 +184,19 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
         # --force replaces a compile output, never an arbitrary directory or file
         raise HoarfrostError(f"-o {str(out)!r} exists and is not a hoarfrost compile output; "
                              f"not replacing it")
-    check_fits(qgraph, config)
     limits = CompileLimits.for_backend(config.backend, config.scratch_bytes, config.param_depth)
+
+    def back_end_part(graph):
+        """(frozen layers, specs, the graph the back end runs, its program)."""
+        if freeze is None:
+            return [], [], graph, compile_graph(graph, limits)
+        layers, specs, _, back = frozen_partition(graph, freeze)
+        return layers, specs, back, compile_streamed(back, limits)
+
+    # a bad --freeze first (the cause to fix), then what the back end runs must fit it
+    check_fits(qgraph if freeze is None else frozen_partition(qgraph, freeze)[3], config)
     try:
-        compile_graph(qgraph, limits)                # does it fit? before anything is written
+        back_end_part(qgraph)                        # does it fit? before anything is written
     except HoarfrostError as exc:
         # the compiler names the limit to raise; say where it is set
         raise HoarfrostError(f"{exc} ([backend] of --config {config.name})") from None
@@ -152,35 +207,53 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
         # model_q.onnx is exactly what the firmware implements.
         save_qdq(qgraph, tmp / "model_q.onnx")
         graph = import_onnx(tmp / "model_q.onnx")
-        program = compile_graph(graph, limits)
+        frozen, specs, back, program = back_end_part(graph)
         firmware = encode(program.commands)
         assert decode(firmware) == program.commands
         (tmp / "firmware.bin").write_bytes(firmware)
         (tmp / "firmware.asm").write_text(disassemble(program.commands))
         (tmp / "weights.bin").write_bytes(program.image)
-        _progress(f"elaborating the back end's Verilog ({config.backend.rows}x"
-                  f"{config.backend.cols} array) ...")
-        (tmp / "backend.v").write_text(
-            backend_verilog(config.backend, config.scratch_bytes, config.param_depth))
+        files = FILES if freeze is None else FROZEN_FILES
+        if freeze is None:
+            _progress(f"elaborating the back end's Verilog ({config.backend.rows}x"
+                      f"{config.backend.cols} array) ...")
+            (tmp / files[0]).write_text(
+                backend_verilog(config.backend, config.scratch_bytes, config.param_depth))
+        else:
+            _progress(f"elaborating the accelerator's Verilog ({len(specs)} frozen stage(s) "
+                      f"in front of the {config.backend.rows}x{config.backend.cols} back end) ...")
+            text, frame_events = accelerator_verilog(config.backend, config.scratch_bytes,
+                                                     config.param_depth, specs)
+            (tmp / files[0]).write_text(text)
         firmware_addr = -(-program.dram_bytes // 4) * 4      # as sim.backend_host.dram_image
-        layers = layer_table(graph, program, config)
+        layers = layer_table(back, program, config)
+        streamed = program.input_addr is None
         manifest = {
             "format": MANIFEST_VERSION,
             "hoarfrost_version": __version__,
-            "toplevel": TOPLEVEL,
+            "toplevel": TOPLEVEL if freeze is None else FROZEN_TOPLEVEL,
+            "verilog": files[0],
             "config": config.to_json(),
             "source_model": source,
             "partition": {
-                "frontend_frozen": [], "sparse_engine": [],
-                "backend": [layer.name for layer in graph.layers],
-                "note": "back-end-only accelerator: no frozen front end or sparse engine yet, "
-                        "every layer runs on the programmable back end",
+                "frontend_frozen": [layer.name for layer in frozen], "sparse_engine": [],
+                "backend": [layer.name for layer in back.layers],
+                "note": ("back-end-only accelerator: no frozen front end or sparse engine yet, "
+                         "every layer runs on the programmable back end" if freeze is None else
+                         f"the first {freeze} convolution(s) frozen in logic, streaming into the "
+                         f"back end; no sparse engine yet"),
             },
+            **({} if freeze is None else
+               {"frozen": {**_frozen_entry(graph, frozen, specs, freeze),
+                           "frame_events": frame_events}}),
             "input": _tensor(graph, graph.input),
             "output": _tensor(graph, graph.output),
             "dram": {"image_bytes": len(program.image),
                      "input_addr": program.input_addr,
-                     "input_bytes": math.prod(program.input_shape),
+                     "input_bytes": 0 if streamed else math.prod(program.input_shape),
+                     **({"input_note": "input_addr unused: the input streams into the frozen "
+                                       "block's `pixels` port, the firmware RECVs its output"}
+                        if streamed else {}),
                      "output_addr": program.output_addr,
                      "output_bytes": math.prod(program.output_shape),
                      "firmware_addr": firmware_addr, "firmware_bytes": len(firmware),
@@ -189,11 +262,11 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
             "commands": len(program.commands),
             "macs": sum(row["macs"] for row in layers),
             "layers": layers,
-            "files": {name: sha256((tmp / name).read_bytes()) for name in FILES},
+            "files": {name: sha256((tmp / name).read_bytes()) for name in files},
         }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
         os.chmod(tmp, 0o755)                          # mkdtemp (and mkstemp) are owner-only
-        for name in (*FILES, "manifest.json"):
+        for name in (*files, "manifest.json"):
             os.chmod(tmp / name, 0o644)
         if out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
@@ -206,6 +279,20 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _frozen_entry(graph: Graph, layers, specs, freeze: int) -> dict:
+    """The manifest's description of the frozen front end."""
+    first, last = specs[0], specs[-1]
+    return {
+        "convolutions": freeze,
+        "layers": [{"name": layer.name, "op": layer.op, "output": list(graph.shapes[layer.output]),
+                    "macs": macs(layer, graph.shapes)} for layer in layers],
+        "macs": sum(macs(layer, graph.shapes) for layer in layers),
+        "output_tensor": layers[-1].output,
+        "input_pixels": first.height * first.width, "input_channels": first.in_channels,
+        "output_pixels": last.out_height * last.out_width, "output_channels": last.out_channels,
+    }
 
 
 def read_manifest(out: Path) -> dict:

@@ -11,7 +11,9 @@ after another:
   compiler lays weights out in the array's order) and the *bias feeder*; the *drain* takes the
   engine's int32 results through the :class:`Requantizer` into the scratchpad (CHW);
 * ``POOL`` (max/average, or a standalone clamp as a 1x1 max) and ``ADD`` (residual) run on a
-  scalar unit that shares the requantizer.
+  scalar unit that shares the requantizer;
+* ``RECV`` (a back end built with ``stream_channels > 0``) takes pixels of the frozen front
+  end's output from the ``feature_in`` stream into the scratchpad, one lane per cycle.
 
 The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
 bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness
@@ -29,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from hoarfrost.firmware.isa import (FIELDS, NO_PARAMS, POOL_AVG_PAD, POOL_MAX, SIGNED, Op)
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.gemm_engine import GemmEngine
+from hoarfrost.hw.line_buffer import pixel_layout
 from hoarfrost.hw.requant import Requantizer
 
 __all__ = ["BackEnd", "BACKEND_COUNTERS", "dram_request_layout"]
@@ -45,6 +48,7 @@ BACKEND_COUNTERS = (
     "scratch_reads", "scratch_writes",
     "macs_issued", "macs_useful",           # summed over the GEMM engine's runs
     "engine_busy_cycles", "engine_stall_cycles",
+    "recv_cycles",       # executing RECV (waiting for and writing feature-stream pixels)
 )
 
 
@@ -65,6 +69,9 @@ class BackEnd(wiring.Component):
     param_depth : int
         Entries of the per-channel parameter buffers: the most output channels one ``MATMUL``
         may cover, and the largest pooling window plus one.
+    stream_channels : int
+        Lanes of the ``feature_in`` stream (the frozen front end's output channels); 0 (the
+        default) builds no stream, and ``RECV`` then stops the machine like an unknown op.
 
     Members
     -------
@@ -82,14 +89,25 @@ class BackEnd(wiring.Component):
         DRAM write requests.
     wr_data : ``Out(stream.Signature(8))``
         The bytes to write, in order.
+    feature_in : ``In(stream.Signature(pixel_layout(stream_channels)))``
+        Only when ``stream_channels > 0``: pixels for ``RECV``, one per beat, raster order,
+        lane ``c`` = channel ``c`` (signed int8). Taken at one beat per ``stream_channels``
+        cycles (the scratchpad is one byte wide).
     cycles, fetch_cycles, ... : ``Out(counter_width)``
         The counters of :data:`BACKEND_COUNTERS`.
     """
 
-    def __init__(self, config: BackendConfig, *, scratch_bytes: int = 4096, param_depth: int = 64):
+    def __init__(self, config: BackendConfig, *, scratch_bytes: int = 4096, param_depth: int = 64,
+                 stream_channels: int = 0):
+        if not isinstance(stream_channels, int) or stream_channels < 0:
+            raise ValueError(f"stream_channels must be a non-negative integer, not "
+                             f"{stream_channels!r}")
         self._config = config
         self.scratch_bytes = scratch_bytes
         self.param_depth = param_depth
+        self.stream_channels = stream_channels
+        feature_port = ({"feature_in": In(stream.Signature(pixel_layout(stream_channels)))}
+                        if stream_channels else {})
         cw = config.counter_width
         super().__init__({
             "start": In(1),
@@ -101,6 +119,7 @@ class BackEnd(wiring.Component):
             "wr_cmd": Out(stream.Signature(dram_request_layout())),
             "wr_data": Out(stream.Signature(8)),
             **{name: Out(cw) for name in BACKEND_COUNTERS},
+            **feature_port,
         })
 
     @property
@@ -397,6 +416,20 @@ class BackEnd(wiring.Component):
             m.d.sync += [count("scratch_writes"), out_addr.eq(out_addr + 1)]
 
         # ======================================================================================
+        # The receiver's registers (RECV; its logic is in _receiver).
+        # ======================================================================================
+        r_active = Signal()           # the sequencer is in RECV
+        r_have = Signal()             # r_beat holds a beat not yet fully written
+        r_lane = Signal(range(max(self.stream_channels, 2)))
+        r_taken = Signal(32)          # beats accepted
+        r_written = Signal(32)        # beats written
+        r_pixel_addr = Signal(32)     # dst + index of the beat being written
+        r_addr = Signal(32)           # dst + lane * pixels + index of the beat
+        r_regs = {"active": r_active, "have": r_have, "lane": r_lane, "taken": r_taken,
+                  "written": r_written, "pixel_addr": r_pixel_addr, "addr": r_addr,
+                  "beat": Signal(8 * max(self.stream_channels, 1), name="r_beat")}
+
+        # ======================================================================================
         # The sequencer.
         # ======================================================================================
         copy_i = Signal(32)
@@ -480,6 +513,12 @@ class BackEnd(wiring.Component):
                         m.next = "ADD_A"
                     with m.Case(Op.SYNC):
                         m.next = "FETCH"
+                    if self.stream_channels:
+                        with m.Case(Op.RECV):
+                            m.d.sync += [r_taken.eq(0), r_written.eq(0), r_have.eq(0),
+                                         r_lane.eq(0), r_pixel_addr.eq(field(Op.RECV, "dst")),
+                                         r_addr.eq(field(Op.RECV, "dst"))]
+                            m.next = "RECV"
                     with m.Case(Op.END):
                         m.next = "END"
                     with m.Default():
@@ -741,6 +780,14 @@ class BackEnd(wiring.Component):
                     m.d.sync += a_idx.eq(a_idx + 1)
                     m.next = "ADD_A"
 
+            # ---- RECV -----------------------------------------------------------------------
+            if self.stream_channels:
+                with m.State("RECV"):
+                    m.d.sync += count("recv_cycles")
+                    m.d.comb += r_active.eq(1)
+                    with m.If(r_written == field(Op.RECV, "pixels")):
+                        m.next = "FETCH"
+
             with m.State("END"):
                 m.d.sync += self.busy.eq(0)
                 m.d.comb += self.done.eq(1)
@@ -749,4 +796,34 @@ class BackEnd(wiring.Component):
         # The gatherer owns the scratchpad read port while a MATMUL runs.
         with m.If(g_active & ~g_full):
             m.d.comb += s_rd.addr.eq(g_addr)
+
+        if self.stream_channels:
+            self._receiver(m, s_wr, field, count, r_regs)
         return m
+
+    def _receiver(self, m, s_wr, field, count, r):
+        """RECV: feature-stream beats -> scratchpad, CHW. A beat is held in a register and
+        written one lane per cycle (the scratchpad has one byte-wide write port); the next beat
+        is taken in the cycle its last lane is written, so a beat costs ``stream_channels``
+        cycles. The receiver owns the write port while the sequencer is in ``RECV``."""
+        lanes = self.stream_channels
+        pixels = field(Op.RECV, "pixels")
+        last_lane = r["lane"] == lanes - 1
+        with m.If(r["active"]):
+            with m.If(r["have"]):
+                m.d.comb += [s_wr.en.eq(1), s_wr.addr.eq(r["addr"]),
+                             s_wr.data.eq(r["beat"].word_select(r["lane"], 8))]
+                m.d.sync += count("scratch_writes")
+                with m.If(last_lane):
+                    # next beat: channel 0 of the next pixel
+                    m.d.sync += [r["have"].eq(0), r["lane"].eq(0),
+                                 r["written"].eq(r["written"] + 1),
+                                 r["pixel_addr"].eq(r["pixel_addr"] + 1),
+                                 r["addr"].eq(r["pixel_addr"] + 1)]
+                with m.Else():
+                    # next lane: the same pixel of the next channel plane
+                    m.d.sync += [r["lane"].eq(r["lane"] + 1), r["addr"].eq(r["addr"] + pixels)]
+            m.d.comb += self.feature_in.ready.eq((~r["have"] | last_lane) & (r["taken"] != pixels))
+            with m.If(self.feature_in.valid & self.feature_in.ready):
+                m.d.sync += [r["beat"].eq(self.feature_in.payload.as_value()), r["have"].eq(1),
+                             r["taken"].eq(r["taken"] + 1)]

@@ -15,13 +15,17 @@ from hoarfrost.firmware.isa import encode
 
 
 def dram_image(program, x_int8: np.ndarray) -> tuple[bytearray, int]:
-    """DRAM holding ``program`` with input ``x_int8`` (one image); returns (dram, firmware addr)."""
+    """DRAM holding ``program`` with input ``x_int8`` (one image); returns (dram, firmware addr).
+
+    A program whose input arrives by ``RECV`` (``input_addr`` None) has no input in DRAM;
+    ``x_int8`` is ignored then."""
     firmware = encode(program.commands)
     base = -(-program.dram_bytes // 4) * 4
     dram = bytearray(base + len(firmware))
     dram[:len(program.image)] = program.image
-    blob = np.ascontiguousarray(x_int8, dtype=np.int8).tobytes()
-    dram[program.input_addr:program.input_addr + len(blob)] = blob
+    if program.input_addr is not None:
+        blob = np.ascontiguousarray(x_int8, dtype=np.int8).tobytes()
+        dram[program.input_addr:program.input_addr + len(blob)] = blob
     dram[base:] = firmware
     return dram, base
 

@@ -3,7 +3,8 @@
 It executes a :class:`~hoarfrost.gen.compiler.Program` command by command on a DRAM byte array
 and a scratchpad, reading every operand through the addresses and fields the commands carry,
 so it checks the compiler's tiling, addressing and parameter layout against the golden model
-before any RTL runs. Arithmetic is that of :mod:`hoarfrost.sim.arith`.
+before any RTL runs. Arithmetic is that of :mod:`hoarfrost.sim.arith`. The feature stream
+``RECV`` reads is given as the frozen front end's output tensor (see :func:`run_program`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ from hoarfrost.sim.golden import _windows
 class IsaMachine:
     """DRAM + scratchpad + geometry registers; :meth:`run` executes commands."""
 
-    def __init__(self, image: bytes, dram_bytes: int, scratch_bytes: int, rows: int, cols: int):
+    def __init__(self, image: bytes, dram_bytes: int, scratch_bytes: int, rows: int, cols: int,
+                 features: np.ndarray | None = None):
         self.rows, self.cols = rows, cols          # the weight layout follows the array
+        # The feature stream: beats (pixels in raster order) x lanes (channels).
+        self.beats = None if features is None else _raster(features)
+        self.next_beat = 0
         self.dram = np.zeros(max(dram_bytes, len(image)), dtype=np.uint8)
         self.dram[:len(image)] = np.frombuffer(image, dtype=np.uint8)
         self.scratch = np.zeros(scratch_bytes, dtype=np.uint8)
@@ -68,6 +73,16 @@ class IsaMachine:
 
     def _store(self, c):
         self.dram[c.dram_addr:c.dram_addr + c.length] = self.scratch[c.src:c.src + c.length]
+
+    def _recv(self, c):
+        if self.beats is None:
+            raise IsaError("RECV on a machine without a feature stream")
+        if self.next_beat + c.pixels > len(self.beats):
+            raise IsaError(f"RECV of {c.pixels} pixels: the stream has "
+                           f"{len(self.beats) - self.next_beat} left")
+        beats = self.beats[self.next_beat:self.next_beat + c.pixels]       # pixels x lanes
+        self.next_beat += c.pixels
+        self.put(c.dst, np.ascontiguousarray(beats.T))                    # lane-major: CHW
 
     def _geom(self, c):
         self.geom = dict(c.fields)
@@ -118,14 +133,24 @@ class IsaMachine:
         self.s8(self.scratch, c.dst, c.length)[:] = y.astype(np.int8)
 
 
+def _raster(features: np.ndarray) -> np.ndarray:
+    """A ``(C, H, W)`` feature map as the stream carries it: ``(H*W, C)`` int8 beats."""
+    features = np.asarray(features, dtype=np.int8)
+    return features.reshape(features.shape[0], -1).T
+
+
 def run_program(program, x_int8: np.ndarray, limits) -> np.ndarray:
     """Run a compiled program on one int8 input (per-sample shape); return the int8 output.
 
-    ``limits`` is the :class:`~hoarfrost.gen.compiler.CompileLimits` it was compiled for."""
+    ``limits`` is the :class:`~hoarfrost.gen.compiler.CompileLimits` it was compiled for. A
+    program whose input arrives by ``RECV`` (``program.input_addr is None``) gets ``x_int8`` as
+    the feature stream instead: the ``(C, H, W)`` output of the frozen front end."""
+    streamed = program.input_addr is None
     machine = IsaMachine(program.image, program.dram_bytes, limits.scratch_bytes, limits.rows,
-                         limits.cols)
-    blob = np.ascontiguousarray(x_int8, dtype=np.int8).reshape(-1).view(np.uint8)
-    machine.dram[program.input_addr:program.input_addr + blob.size] = blob
+                         limits.cols, features=x_int8 if streamed else None)
+    if not streamed:
+        blob = np.ascontiguousarray(x_int8, dtype=np.int8).reshape(-1).view(np.uint8)
+        machine.dram[program.input_addr:program.input_addr + blob.size] = blob
     machine.run(program.commands)
     n = int(np.prod(program.output_shape))
     out = machine.dram[program.output_addr:program.output_addr + n].view(np.int8)

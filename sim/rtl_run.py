@@ -1,10 +1,14 @@
 """``hoarfrost sim``: run a compiled accelerator (OUT/) in Verilator, image by image.
 
-The Verilog of OUT/backend.v is built once (cached by content, :mod:`hoarfrost.sim.verilator`)
-and run under :mod:`hoarfrost.sim.tb.backend_tb`, one cocotb run per batch of images. Each
-image's output is read back from the DRAM model and compared here with the integer golden
-model of OUT/model_q.onnx. The testbench returns the back end's counters and a per-command
-cycle trace; the manifest's layer table turns the trace into cycles per layer.
+The Verilog of OUT/backend.v (or accelerator.v, with a frozen front end) is built once
+(cached by content, :mod:`hoarfrost.sim.verilator`) and run under
+:mod:`hoarfrost.sim.tb.backend_tb`, one cocotb run per batch of images. Each image's output
+is read back from the DRAM model and compared here with the integer golden model of
+OUT/model_q.onnx (the whole graph, frozen layers included). The testbench returns the back
+end's counters and a per-command cycle trace; the manifest's layer table turns the trace into
+cycles per layer. With a frozen front end the image streams into the frozen block pixel by
+pixel, and the frozen layers are one entry: the cycles of the firmware's ``RECV``, from its
+start until the frozen block's last output pixel is in the scratchpad.
 
 Energy per inference prices the counters with :func:`hoarfrost.sim.energy.energy_pj`:
 
@@ -18,6 +22,10 @@ counter                events
 ``dram_read_bytes``    ``dram_read32`` per 4 bytes (firmware, weights, parameters, input)
 ``dram_write_bytes``   ``dram_write32`` per 4 bytes (the output)
 =====================  ================================================================
+
+The frozen block's events per image (adders switched, registers written), counted from its
+structure by :func:`hoarfrost.gen.freeze.frame_events` when OUT was compiled (the manifest's
+``frozen.frame_events``), are added.
 
 Not priced: registers, control, the GEMM engine's own buffers (no counters for them yet).
 """
@@ -33,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from hoarfrost.gen.errors import HoarfrostError
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS
 
 __all__ = ["TESTBENCH", "SimulationFailed", "energy_events", "command_cycles", "layer_cycles",
            "dram_for", "run_images", "debug_program", "first_bad_layer", "simulate"]
@@ -67,8 +76,15 @@ def command_cycles(starts: list[int], total: int) -> list[int]:
 
 
 def layer_cycles(manifest: dict, per_command: list[int]) -> list[dict]:
-    """Per-command cycles summed per layer, plus the input load and the output store."""
-    rows = [{"name": "(load input)", "op": "load", "commands": 1, "cycles": per_command[0]}]
+    """Per-command cycles summed per layer, plus the input load (with a frozen front end: the
+    frozen layers, whose output the first command receives) and the output store."""
+    frozen = manifest.get("frozen")
+    if frozen is None:
+        rows = [{"name": "(load input)", "op": "load", "commands": 1, "cycles": per_command[0]}]
+    else:
+        names = ", ".join(layer["name"] for layer in frozen["layers"])
+        rows = [{"name": f"(frozen: {names})", "op": "frozen", "commands": 1,
+                 "cycles": per_command[0]}]
     for layer in manifest["layers"]:
         first, count = layer["first_command"], layer["commands"]
         rows.append({"name": layer["name"], "op": layer["op"], "commands": count,
@@ -84,18 +100,37 @@ def dram_for(manifest: dict, weights: bytes, firmware: bytes, x: np.ndarray) -> 
     d = manifest["dram"]
     dram = bytearray(d["total_bytes"])
     dram[:len(weights)] = weights
-    blob = np.ascontiguousarray(x, dtype=np.int8).tobytes()
-    dram[d["input_addr"]:d["input_addr"] + len(blob)] = blob
+    if d["input_addr"] is not None:           # None: the input streams into the frozen block
+        blob = np.ascontiguousarray(x, dtype=np.int8).tobytes()
+        dram[d["input_addr"]:d["input_addr"] + len(blob)] = blob
     dram[d["firmware_addr"]:d["firmware_addr"] + len(firmware)] = firmware
     return np.frombuffer(bytes(dram), dtype=np.uint8)
 
 
+def build_args(manifest: dict) -> tuple[str, ...]:
+    """Verilator arguments for OUT's Verilog: a frozen block's thousands of adders build at
+    -O0 in one file (:data:`hoarfrost.gen.freeze.VERILATOR_ARGS`), far faster than the few
+    images a run simulates would repay."""
+    if manifest.get("frozen") is None:
+        return ()
+    from hoarfrost.gen.freeze import VERILATOR_ARGS
+    return VERILATOR_ARGS
+
+
+def raster_pixels(x_int8: np.ndarray) -> np.ndarray:
+    """One image ``(C, H, W)`` as the ``pixels`` stream carries it: ``(H*W, C)``."""
+    return np.ascontiguousarray(x_int8.reshape(x_int8.shape[0], -1).T, dtype=np.int8)
+
+
 def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
                x_int8: np.ndarray, *, stall_prob: float = 0.0, seed: int = 1,
-               max_cycles: int = 5_000_000, dram_override: np.ndarray | None = None) -> list[dict]:
+               max_cycles: int = 5_000_000, dram_override: np.ndarray | None = None,
+               pixel_idle_prob: float = 0.0) -> list[dict]:
     """One cocotb run over a batch of images; the testbench's record for each.
 
-    ``dram_override`` replaces the DRAM of every image (for :func:`first_bad_layer`).
+    ``dram_override`` replaces the DRAM of every image (for :func:`first_bad_layer`). With a
+    frozen front end each image streams into ``pixels``, idle with probability
+    ``pixel_idle_prob`` before each beat.
     """
     from hoarfrost.sim.verilator import cocotb_run
 
@@ -107,23 +142,35 @@ def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
         for i, x in enumerate(x_int8):
             vectors[f"dram_{i}"] = (dram_for(manifest, weights, firmware, x)
                                     if dram_override is None else dram_override)
+            if manifest.get("frozen") is not None:
+                vectors[f"pixels_{i}"] = raster_pixels(x)
+        vectors["pixel_idle_prob"] = pixel_idle_prob
         np.savez(Path(tmp) / "vectors.npz", **vectors)
         results = Path(tmp) / "results.json"
         run = cocotb_run(verilog, manifest["toplevel"], TESTBENCH, seed=seed,
+                         build_args=build_args(manifest),
                          env={"HOARFROST_VECTORS": str(Path(tmp) / "vectors.npz"),
                               "HOARFROST_RESULTS": str(results)})
         if run.failed or not results.is_file():
             lines = [l for l in run.log_tail(40).splitlines() if "Error" in l or "assert" in l]
             raise SimulationFailed(f"the back end's RTL failed ({run.log}): "
                                    f"{(lines or ['no END'])[-1].strip()}")
-        return json.loads(results.read_text())
+        records = json.loads(results.read_text())
+    # The frozen block's counters run on across the images of a run: per image, the difference
+    for name in FROZEN_COUNTERS:
+        totals = [r[name] for r in records if name in r]
+        for r, before, now in zip(records, [0, *totals], totals):
+            r[name] = now - before
+    return records
 
 
 def _cycle_bound(manifest: dict) -> int:
     """Cycles after which an image counts as hung: far above anything the back end needs
     (a few cycles per MAC, per DRAM byte and per command)."""
+    frozen = manifest.get("frozen") or {}
     return 20 * (manifest["macs"] + manifest["dram"]["total_bytes"]
-                 + 100 * manifest["commands"]) + 10_000
+                 + 100 * manifest["commands"] + frozen.get("input_pixels", 0)
+                 + frozen.get("output_pixels", 0) * frozen.get("output_channels", 0)) + 10_000
 
 
 def debug_program(manifest: dict, firmware: bytes) -> tuple[bytes, list[tuple[int, int, int]]]:
@@ -132,12 +179,16 @@ def debug_program(manifest: dict, firmware: bytes) -> tuple[bytes, list[tuple[in
     The stores go past the end of the (longer) firmware; returns the new firmware and, per
     layer that has commands, ``(layer index, DRAM address, bytes)``. The scratchpad offset of
     a layer's output is the ``dst`` of its last command; Flatten/Reshape (no commands) are
-    skipped, their bytes are their input's.
+    skipped, their bytes are their input's. Behind a frozen front end the ``RECV``ed frozen
+    output is stored first, as layer index None.
     """
     from hoarfrost.firmware.isa import Command, Op, decode, encode
 
     commands = decode(firmware)
     layers = [(i, l) for i, l in enumerate(manifest["layers"]) if l["commands"]]
+    if (frozen := manifest.get("frozen")) is not None:
+        layers.insert(0, (None, {"first_command": 0, "commands": 1,
+                                 "output": [frozen["output_channels"], frozen["output_pixels"]]}))
     sizes = [int(np.prod(l["output"])) for _, l in layers]
     # each STORE is 4 words; the dump area starts after the debug firmware
     dump = manifest["dram"]["firmware_addr"] + len(firmware) + 16 * len(layers)
@@ -181,10 +232,15 @@ def first_bad_layer(verilog, manifest, graph, weights, firmware, x_int8) -> str 
                         max_cycles=2 * _cycle_bound(manifest))[0]
     dumped = np.array(record["output"], dtype=np.int8)
     values = run_int(graph, x_int8[None], keep_all=True)
-    for index, addr, size in dumps:
-        layer = manifest["layers"][index]
+    outputs = {layer.name: layer.output for layer in graph.layers}   # the manifest's layers
+    for index, addr, size in dumps:                                  # may be the back half
+        if index is None:
+            layer = {"name": "(frozen layers)", "op": "frozen"}
+            want = values[manifest["frozen"]["output_tensor"]].reshape(-1)
+        else:
+            layer = manifest["layers"][index]
+            want = values[outputs[layer["name"]]].reshape(-1)
         got = dumped[addr - lo:addr - lo + size]
-        want = values[graph.layers[index].output].reshape(-1)
         if not np.array_equal(got, want):
             k = int(np.flatnonzero(got != want)[0])
             return (f"first differing layer output: {layer['name']!r} ({layer['op']}) at "
@@ -194,7 +250,8 @@ def first_bad_layer(verilog, manifest, graph, weights, firmware, x_int8) -> str 
 
 
 def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int = 10,
-             stall_prob: float = 0.0, progress: bool = True) -> tuple[dict, str, str | None]:
+             stall_prob: float = 0.0, pixel_idle_prob: float = 0.0,
+             progress: bool = True) -> tuple[dict, str, str | None]:
     """Run every image of ``x`` (float or int8, already checked) through OUT's RTL.
 
     Returns ``(summary, text, mismatch)``; ``mismatch`` names the first image whose output
@@ -210,7 +267,7 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
     graph = import_onnx(out / "model_q.onnx")
     x_int8 = quantize_input(graph, x)
     golden = run_int(graph, x_int8)
-    verilog = (out / "backend.v").read_text()
+    verilog = (out / manifest.get("verilog", "backend.v")).read_text()
     weights, firmware = (out / "weights.bin").read_bytes(), (out / "firmware.bin").read_bytes()
 
     def say(message):
@@ -219,13 +276,14 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
 
     say("building the Verilator model (cached by content) ...")
     t0 = time.monotonic()
-    _, cache_hit = ensure_built(verilog, manifest["toplevel"])
+    _, cache_hit = ensure_built(verilog, manifest["toplevel"], build_args(manifest))
     build_seconds = time.monotonic() - t0
     records, sim_seconds = [], 0.0
     for start in range(0, len(x_int8), batch):
         t0 = time.monotonic()
         records += run_images(verilog, manifest, weights, firmware, x_int8[start:start + batch],
-                              stall_prob=stall_prob, max_cycles=_cycle_bound(manifest))
+                              stall_prob=stall_prob, max_cycles=_cycle_bound(manifest),
+                              pixel_idle_prob=pixel_idle_prob)
         sim_seconds += time.monotonic() - t0
         say(f"simulated {len(records)}/{len(x_int8)} images")
 
@@ -248,6 +306,8 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
               for j, row in enumerate(per_layer[0])]
     events = {k: float(np.mean([energy_events(r)[k] for r in records]))
               for k in energy_events(records[0])}
+    for name, n in (manifest.get("frozen") or {}).get("frame_events", {}).items():
+        events[name] = events.get(name, 0.0) + n
     energy = energy_pj(events)
     clock = manifest["config"]["clock_mhz"]
     mean_cycles = float(np.mean(cycles))
@@ -265,6 +325,13 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
         "macs_useful": float(np.mean([r["macs_useful"] for r in records])),
         "macs_issued": float(np.mean([r["macs_issued"] for r in records])),
         "predicted": rtl.reshape(len(rtl), -1).argmax(axis=1).tolist(),
+        "recv_cycles": float(np.mean([r["recv_cycles"] for r in records])),
+        "frozen": None if manifest.get("frozen") is None else {
+            "layers": [layer["name"] for layer in manifest["frozen"]["layers"]],
+            "macs": manifest["frozen"]["macs"],
+            **{name[len("frozen_"):]: float(np.mean([r[name] for r in records]))
+               for name in FROZEN_COUNTERS},
+        },
     }
     if labels is not None:
         correct = int((np.array(summary["predicted"]) == labels).sum())
@@ -278,7 +345,8 @@ def _text(s: dict, manifest: dict) -> str:
     b = cfg["backend"]
     verdict = ("every output equals the golden model" if s["matches_golden"]
                else "OUTPUTS DIFFER from the golden model")
-    lines = [f"{s['out']}: {s['images']} images through the back end's RTL in Verilator "
+    top = "the back end's" if s["frozen"] is None else "the accelerator's (frozen front end)"
+    lines = [f"{s['out']}: {s['images']} images through {top} RTL in Verilator "
              f"({b['rows']}x{b['cols']} array, config {cfg['name']}): {verdict}"]
     shown = s["cycles"] if len(s["cycles"]) <= 20 else s["cycles"][:10]
     lines.append("cycles per image: " + ", ".join(map(str, shown))
@@ -301,6 +369,12 @@ def _text(s: dict, manifest: dict) -> str:
     lines.append(f"DRAM per inference: {s['dram_read_bytes']:.0f} bytes read, "
                  f"{s['dram_write_bytes']:.0f} written; MACs {s['macs_useful']:.0f} useful of "
                  f"{s['macs_issued']:.0f} issued")
+    if s["frozen"] is not None:
+        f = s["frozen"]
+        lines.append(f"frozen front end ({len(f['layers'])} layers, {f['macs']} MACs in logic): "
+                     f"{f['out_pixels']:.0f} output pixels per image; its output waited "
+                     f"{f['stall_cycles']:.0f} cycles per image for the back end, whose RECV "
+                     f"took {s['recv_cycles']:.0f}")
     if "accuracy" in s:
         lines.append(f"accuracy {100 * s['accuracy']:.2f}% ({s['correct']}/{s['images']})")
     return "\n".join(lines)

@@ -3,16 +3,24 @@
 amaranth.sim runs small networks that touch every command; the example models run on the
 Verilog in Verilator (tests/test_backend_cosim.py)."""
 
+import random
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hoarfrost.gen.compiler import CompileLimits, compile_graph
+from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
+from hoarfrost.gen.freeze import output_tensor
+from hoarfrost.gen.ir import split_graph
+from hoarfrost.gen.outdir import frozen_partition
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator
 from hoarfrost.gen.quantize import quantize
+from hoarfrost.firmware.isa import Op
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.sim.backend_host import amaranth_dram, dram_image, read_output
 from hoarfrost.sim.golden import quantize_input, run_int
+from hoarfrost.sim.streams import stream_put
 from onnx_models import ModelBuilder
 from test_golden_onnxruntime import import_onnx_bytes
 
@@ -20,11 +28,26 @@ SMALL = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=32)
 
 
 def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16, seed=0,
-                stall_prob=0.0, max_cycles=50_000):
+                stall_prob=0.0, max_cycles=50_000, streamed=False, idle_prob=0.0, freeze=0):
+    """Compile ``qgraph``, run it on the back end in amaranth.sim; (output, counters, program).
+
+    ``streamed``: the input ``x_int8`` (C, H, W) arrives on ``feature_in`` (``RECV``), sent
+    pixel by pixel with random idle cycles ``idle_prob``, instead of from DRAM. ``freeze``: the
+    :class:`Accelerator` with ``qgraph``'s first ``freeze`` convolutions frozen in front of the
+    back end, the image ``x_int8`` streamed into its ``pixels`` port the same way."""
     limits = CompileLimits.for_backend(config, scratch_bytes, param_depth)
-    program = compile_graph(qgraph, limits)
+    counters = BACKEND_COUNTERS
+    if freeze:
+        _, specs, _, back = frozen_partition(qgraph, freeze)
+        program = compile_streamed(back, limits)
+        dut = Accelerator(config, specs, scratch_bytes=scratch_bytes, param_depth=param_depth)
+        port, counters = dut.pixels, BACKEND_COUNTERS + FROZEN_COUNTERS
+    else:
+        program = (compile_streamed if streamed else compile_graph)(qgraph, limits)
+        dut = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
+                      stream_channels=x_int8.shape[0] if streamed else 0)
+        port = dut.feature_in if streamed else None
     dram, firmware_addr = dram_image(program, x_int8)
-    dut = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth)
     result = {}
 
     async def host(ctx):
@@ -33,7 +56,8 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
         await ctx.tick()
         ctx.set(dut.start, 0)
         await ctx.tick().until(dut.done)
-        result.update({name: ctx.get(getattr(dut, name)) for name in BACKEND_COUNTERS})
+        await ctx.tick()            # the counters take in the last edge
+        result.update({name: ctx.get(getattr(dut, name)) for name in counters})
 
     async def watchdog(ctx):
         for _ in range(max_cycles):
@@ -47,6 +71,13 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
     sim.add_testbench(reads, background=True)
     sim.add_testbench(writes, background=True)
     sim.add_testbench(watchdog, background=True)
+    if port is not None:
+        async def pixels(ctx):
+            rng = random.Random(seed)
+            for beat in x_int8.reshape(x_int8.shape[0], -1).T:        # raster order, C lanes
+                await stream_put(ctx, port, [int(v) for v in beat], rng=rng,
+                                 idle_prob=idle_prob)
+        sim.add_testbench(pixels, background=True)
     sim.add_testbench(host)
     sim.run()
     return read_output(program, dram), result, program
@@ -90,3 +121,31 @@ def test_tiny_networks_run_bit_exact(seed, pool, residual, depthwise, stall):
         for l in qgraph.layers if l.op in ("conv", "dense"))
     assert counters["dram_write_bytes"] == 3
     assert counters["cycles"] >= counters["matmul_cycles"] + counters["pool_cycles"] + counters["add_cycles"]
+
+
+@pytest.mark.parametrize("idle_prob, stall", [(0.0, 0.0), (0.8, 0.2)])
+def test_recv_takes_the_frozen_layers_output_from_the_feature_stream(idle_prob, stall):
+    """The network cut after its first convolution and the max pooling in line with it: the
+    back half's input (3 channels of 3x3) arrives pixel by pixel on ``feature_in``; RECV writes
+    it CHW, the rest runs bit-exact. A beat costs one cycle per channel (one byte-wide
+    scratchpad write port)."""
+    qgraph, rng = tiny_network(0, "MaxPool", False, False)
+    front, back = split_graph(qgraph, output_tensor(qgraph, 1))
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 5, 5)).astype(np.float32))
+    features = run_int(front, x)[0]
+    assert features.shape == (3, 3, 3)
+    out, counters, program = run_backend(back, features, streamed=True, idle_prob=idle_prob,
+                                         stall_prob=stall, seed=3)
+    assert program.input_addr is None and program.commands[0].op == Op.RECV
+    assert (program.commands[0].pixels, program.commands[0].dst) == (9, 0)
+    assert np.array_equal(out, run_int(qgraph, x)[0])
+    assert counters["commands"] == len(program.commands)
+    if idle_prob == 0:
+        # one cycle to take the first beat, 3 per beat, one to see the last one written
+        assert counters["recv_cycles"] == 3 * 9 + 2
+    else:
+        # gaps longer than a beat's 3 cycles show (shorter ones hide behind the writes)
+        assert counters["recv_cycles"] > 3 * 9 + 2
+    # the input came from the stream, not DRAM: every byte read is firmware or weights
+    assert counters["dram_read_bytes"] <= len(program.image) + 4 * sum(
+        1 + len(c.fields) for c in program.commands)

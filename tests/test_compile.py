@@ -236,6 +236,89 @@ def test_an_existing_out_is_replaced_only_with_force(capsys, tmp_path, cnn_args)
                           "not a hoarfrost compile output")
 
 
+# --- compile --freeze ---------------------------------------------------------------------------
+
+def test_compile_freeze_puts_the_first_convolutions_in_front_of_the_back_end(capsys, tmp_path,
+                                                                           cnn_args, examples):
+    out = tmp_path / "out"
+    code, stdout, err = run(capsys, "compile", *cnn_args, "--freeze", "2", "-o", out)
+    assert code == 0, err
+    assert "3 layer(s) frozen in logic, 2 on the back end" in stdout
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        ["accelerator.v", "firmware.bin", "firmware.asm", "weights.bin", "model_q.onnx",
+         "manifest.json"])
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["toplevel"] == "accelerator" and m["verilog"] == "accelerator.v"
+    # the partition: both convolutions and the pooling in line frozen, the rest on the back end
+    p = m["partition"]
+    assert p["frontend_frozen"] == ["/conv1/Conv", "/conv2/Conv", "/pool/MaxPool"]
+    assert p["backend"] == ["/flatten/Flatten", "/fc/Gemm"] == [l["name"] for l in m["layers"]]
+    f = m["frozen"]
+    assert (f["convolutions"], f["macs"], m["macs"]) == (2, 4608 + 18432, 640)
+    assert (f["input_pixels"], f["input_channels"]) == (64, 1)          # the 8x8 image
+    assert (f["output_pixels"], f["output_channels"]) == (4, 16)        # 16 x 2x2 pooled
+    # the firmware receives the frozen output instead of loading an input from DRAM
+    commands = decode((out / "firmware.bin").read_bytes())
+    assert commands[0].op == Op.RECV and commands[0].pixels == 4
+    assert Op.LOAD not in [c.op for c in commands] and len(commands) == m["commands"] == 6
+    d = m["dram"]
+    assert d["input_addr"] is None and d["input_bytes"] == 0 and "unused" in d["input_note"]
+    assert m["input"]["shape"] == [1, 8, 8]                              # what the user sends
+    verilog = (out / "accelerator.v").read_text()
+    assert "module accelerator(" in verilog and "pixels__payload" in verilog
+    assert "frozen_out_pixels" in verilog and "recv_cycles" in verilog
+    assert f["frame_events"]["reg_write8"] > 0                          # what sim prices
+    # sim's debug firmware stores the RECVed frozen output first, then each back-end layer's
+    from hoarfrost.sim.isa_sim import IsaMachine
+    from hoarfrost.sim.rtl_run import debug_program, dram_for
+    debug, dumps = debug_program(m, (out / "firmware.bin").read_bytes())
+    assert [i for i, _, _ in dumps] == [None, 1] and dumps[0][2] == 64
+    graph = import_onnx(out / "model_q.onnx")
+    x = graph.quant[graph.input].quantize(np.load(examples / "digits_test_x.npy")[:1])
+    values = run_int(graph, x, keep_all=True)
+    total = dumps[-1][1] + dumps[-1][2]
+    dram = dram_for({**m, "dram": {**d, "total_bytes": total}}, (out / "weights.bin").read_bytes(),
+                    debug, x[0])
+    b = m["config"]["backend"]
+    machine = IsaMachine(dram.tobytes(), total, b["scratch_bytes"], b["rows"], b["cols"],
+                         features=values[f["output_tensor"]][0])
+    machine.run(decode(debug))
+    for tensor, (_, addr, size) in zip([f["output_tensor"], graph.output], dumps):
+        assert machine.dram[addr:addr + size].view(np.int8).tolist() == \
+            values[tensor].reshape(-1).tolist()
+
+
+@pytest.mark.parametrize("freeze, fragments", [
+    ("0", ["--freeze must be a positive number of convolutions, not 0"]),
+    ("-1", ["--freeze must be a positive number"]),
+    ("3", ["'/flatten/Flatten' (reshape) cannot be frozen", "only 2 convolution(s)",
+           "--freeze asks for 3"]),
+])
+def test_bad_freeze_values_are_one_error_and_nothing_written(capsys, tmp_path, cnn_args,
+                                                             freeze, fragments):
+    assert_one_line_error(capsys, ["compile", *cnn_args, "--freeze", freeze, "-o",
+                                   tmp_path / "out"], *fragments)
+    assert _left_behind(tmp_path, {"hw.toml"}) == []
+
+
+def test_freezing_layers_that_are_not_a_chain_is_an_error(capsys, tmp_path):
+    """A residual block at the input: its skip reads the image, so the first convolution
+    cannot be frozen alone."""
+    from onnx_models import ModelBuilder
+    b = ModelBuilder((2, 6, 6), seed=4)
+    b.conv(2, 2, 3, 1, (1, 1, 1, 1))
+    b.op("Add", ["input", b.last])
+    b.op("Flatten", [b.last])
+    b.gemm(72, 3)
+    model = tmp_path / "residual.onnx"
+    model.write_bytes(b.finish())
+    calib = tmp_path / "calib.npy"
+    np.save(calib, np.random.default_rng(0).normal(0, 1, (8, 2, 6, 6)).astype(np.float32))
+    assert_one_line_error(capsys, ["compile", model, "--calib", calib, "--freeze", "1", "-o",
+                                   tmp_path / "out"], "--freeze", "chain")
+    assert _left_behind(tmp_path, {"residual.onnx", "calib.npy"}) == []
+
+
 # --- sim, before any RTL runs ----------------------------------------------------------------
 
 def test_sim_rejects_a_bad_out_directory_and_bad_inputs(capsys, examples, tmp_path, cnn_out):
@@ -266,6 +349,11 @@ def test_per_command_cycles_map_to_layers():
     rows = layer_cycles(manifest, per_command)
     assert [(r["name"], r["cycles"]) for r in rows] == [
         ("(load input)", 20), ("a", 80), ("flat", 0), ("b", 50), ("(store output)", 25)]
+    # behind a frozen front end command 0 is the RECV of the frozen layers' output: one entry
+    frozen = {**manifest, "frozen": {"layers": [{"name": "c1"}, {"name": "p1"}]}}
+    rows = layer_cycles(frozen, per_command)
+    assert (rows[0]["name"], rows[0]["op"], rows[0]["cycles"]) == ("(frozen: c1, p1)", "frozen", 20)
+    assert [r["cycles"] for r in rows[1:]] == [80, 0, 50, 25]
 
 
 def test_energy_events_from_counters():

@@ -10,12 +10,12 @@ from hypothesis import given, settings, strategies as st
 
 from hoarfrost.firmware.isa import (IsaError, Op, assemble, decode, disassemble, encode,
                                     weight_tiles, weight_untiles)
-from hoarfrost.gen.compiler import CompileLimits, compile_graph
+from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.onnx_import import import_onnx
 from hoarfrost.gen.quantize import quantize
 from hoarfrost.sim.golden import quantize_input, run_int
-from hoarfrost.sim.isa_sim import run_program
+from hoarfrost.sim.isa_sim import IsaMachine, run_program
 from onnx_models import ModelBuilder
 from test_golden_onnxruntime import import_onnx_bytes
 
@@ -35,6 +35,26 @@ def test_assemble_disassemble_encode_decode_round_trip():
     assert len(blob) == 4 * (4 + 13 + 1 + 1)
     assert decode(blob) == commands
     assert assemble(disassemble(commands)) == commands
+
+
+def test_recv_round_trips_and_fills_the_scratchpad_chw():
+    commands = assemble("recv dst=8 pixels=6\nend")
+    assert commands[0].op == Op.RECV and (commands[0].dst, commands[0].pixels) == (8, 6)
+    blob = encode(commands)
+    assert blob[:4] == ((9 << 24) | 2).to_bytes(4, "little") and len(blob) == 4 * (3 + 1)
+    assert decode(blob) == commands and assemble(disassemble(commands)) == commands
+    assert disassemble(commands).splitlines()[0] == "recv dst=8 pixels=6"
+    # two RECVs of a 2-channel 2x3 feature map: beats are pixels, lanes are channels
+    features = np.arange(-6, 6, dtype=np.int8).reshape(2, 2, 3)
+    machine = IsaMachine(b"", 0, 32, 1, 1, features=features)
+    machine.run(assemble("recv dst=0 pixels=4\nrecv dst=20 pixels=2\nend"))
+    first = machine.scratch[:8].view(np.int8)
+    assert first.tolist() == [-6, -5, -4, -3, 0, 1, 2, 3]       # channel 0 of pixels 0-3, channel 1
+    assert machine.scratch[20:24].view(np.int8).tolist() == [-2, -1, 4, 5]
+    with pytest.raises(IsaError, match="the stream has 0 left"):
+        machine.run(assemble("recv dst=0 pixels=1\nend"))
+    with pytest.raises(IsaError, match="without a feature stream"):
+        IsaMachine(b"", 0, 32, 1, 1).run(commands)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -87,6 +107,25 @@ def test_example_models_compile_bit_exact(examples, model, limits):
     matmuls = sum(c.op == Op.MATMUL for c in program.commands)
     assert matmuls >= sum(l.op in ("conv", "dense") for l in qgraph.layers)
     assert program.commands[-1].op == Op.END
+
+
+@pytest.mark.parametrize("freeze", [1, 2])
+def test_back_halves_behind_a_frozen_front_end_compile_bit_exact(examples, freeze):
+    """The CNN's back half after its first ``freeze`` convolutions: its input, the frozen
+    layers' output, arrives by RECV; with it the program gives the whole model's output."""
+    from hoarfrost.gen.outdir import frozen_partition
+    x = np.load(examples / "digits_test_x.npy")[:12]
+    qgraph = quantize(import_onnx(examples / "digits_cnn.onnx"), np.load(examples / "digits_calib.npy"), 8)
+    _, _, front, back = frozen_partition(qgraph, freeze)
+    limits = CompileLimits(scratch_bytes=2048, m_tile=7, n_tile=3)
+    program = compile_streamed(back, limits)
+    assert program.input_addr is None and program.commands[0].op == Op.RECV
+    assert [c.op for c in program.commands].count(Op.LOAD) == 0
+    c, h, w = back.shapes[back.input]
+    assert program.commands[0].pixels == h * w
+    features = run_int(front, x)
+    out = np.stack([run_program(program, f, limits) for f in features])
+    assert np.array_equal(out, run_int(qgraph, x))
 
 
 def test_scratchpad_too_small_names_the_layer(examples):

@@ -104,3 +104,43 @@ def test_sim_names_the_first_image_and_layer_that_differ(capsys, examples, compi
     message = [l for l in err.splitlines() if l.startswith("hoarfrost: sim:")]
     assert len(message) == 1 and "image 0: output" in message[0]
     assert "first differing layer output: '/conv1/Conv'" in message[0]
+
+
+@pytest.mark.parametrize("freeze, frozen, pixels, channels", [
+    (1, ["/conv1/Conv"], 64, 8),
+    (2, ["/conv1/Conv", "/conv2/Conv", "/pool/MaxPool"], 4, 16),
+])
+def test_sim_frozen_front_end_streams_into_the_back_end(capsys, examples, tmp_path, freeze,
+                                                        frozen, pixels, channels):
+    """``compile --freeze N`` then ``sim``: each image streams pixel by pixel (random gaps)
+    into the frozen block, whose output the firmware RECVs (DRAM stalls too); every output
+    equals the golden model of the whole CNN. One Verilator build per depth, three images."""
+    (tmp_path / "hw.toml").write_text(SMALL_TOML)
+    out = tmp_path / "out"
+    assert compile_quietly(examples / "digits_cnn.onnx", "--calib", examples / "digits_calib.npy",
+                           "--config", tmp_path / "hw.toml", "--freeze", freeze, "-o", out) == 0
+    code, stdout, err = run(capsys, "sim", out, "--inputs", examples / "digits_test_x.npy",
+                            "--limit", 3, "--pixel-gaps", 0.3, "--dram-stall", 0.1, "--json")
+    assert code == 0, err
+    s = json.loads(stdout)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert s["matches_golden"] and s["images"] == 3
+    golden = run_int(import_onnx(out / "model_q.onnx"), np.load(examples / "digits_test_x.npy")[:3])
+    assert s["predicted"] == golden.argmax(axis=1).tolist()
+    # per layer: the frozen layers as one entry (the RECV of their output), then the back half
+    names = [r["name"] for r in s["layers"]]
+    assert names == [f"(frozen: {', '.join(frozen)})",
+                     *(l["name"] for l in manifest["layers"]), "(store output)"]
+    assert sum(r["cycles"] for r in s["layers"]) == pytest.approx(s["mean_cycles"])
+    # RECV takes each of the frozen block's output pixels, one channel per cycle
+    assert s["frozen"]["layers"] == frozen and s["frozen"]["out_pixels"] == pixels
+    assert s["recv_cycles"] >= channels * pixels + 2
+    assert s["layers"][0]["cycles"] > s["recv_cycles"]            # plus the RECV's fetch
+    # the back end multiplies the back half only, and reads no input from DRAM: the firmware
+    # and everything in the image before the output buffer (each weight once here)
+    assert s["macs_useful"] == manifest["macs"] == 23680 - manifest["frozen"]["macs"]
+    d = manifest["dram"]
+    assert s["dram_read_bytes"] == d["firmware_bytes"] + d["output_addr"]
+    assert s["dram_write_bytes"] == 10
+    # the frozen block's adders and registers are priced with the back end's events
+    assert s["energy_pj"]["reg_write8"] > 0 and s["energy_pj"]["add16"] > 0

@@ -8,6 +8,14 @@ stream. The JSON file in ``$HOARFROST_RESULTS`` gets one record per run: the cou
 :data:`BACKEND_COUNTERS`, ``output`` (the output bytes as read back from DRAM) and
 ``command_starts``: the ``cycles`` counter at the moment the ``commands`` counter reached
 ``i + 1``, i.e. when command ``i``'s header had been fetched (a per-command cycle trace).
+
+The top may be the :class:`~hoarfrost.hw.accelerator.Accelerator` with a frozen front end:
+then the vectors also hold ``pixels_<i>``, image ``i`` as ``(H*W, C)`` raster-order pixels,
+and ``pixel_idle_prob``. One driver streams every image's pixels into ``pixels`` from the
+start, with random gaps; the frozen block and the firmware's ``RECV`` give the backpressure,
+and the frozen block works on the next image while the back end finishes one. Each record
+then also has the frozen block's counters (:data:`~hoarfrost.hw.accelerator.FROZEN_COUNTERS`,
+running totals since reset).
 """
 
 import json
@@ -20,8 +28,10 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer, ValueChange
 
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS
 from hoarfrost.hw.backend import BACKEND_COUNTERS
 from hoarfrost.sim.streams import StreamDriver
+from hoarfrost.sim.tb.frozen_tb import pack_pixel
 
 CLOCK_NS = 10
 
@@ -92,9 +102,16 @@ async def firmware_runs_bit_exact(dut):
     cocotb.start_soon(dram.serve_reads())
     cocotb.start_soon(dram.serve_writes())
     dut.start.value = 0
+    frozen = "pixels_0" in v
+    if frozen:
+        pixels = StreamDriver(dut, "pixels", dut.clk, rng, float(v["pixel_idle_prob"]))
     dut.rst.value = 1
     await ClockCycles(dut.clk, 3)
     dut.rst.value = 0
+    if frozen:
+        await RisingEdge(dut.clk)
+        beats = [pack_pixel(p) for run in range(int(v["runs"])) for p in v[f"pixels_{run}"]]
+        cocotb.start_soon(pixels.send(beats))
     results = []
     out_addr, out_len = int(v["output_addr"]), int(v["output_len"])
     for run in range(int(v["runs"])):
@@ -123,7 +140,8 @@ async def firmware_runs_bit_exact(dut):
         out = np.frombuffer(bytes(dram.memory[out_addr:out_addr + out_len]), dtype=np.int8)
         if f"expected_{run}" in v:
             assert out.tolist() == v[f"expected_{run}"].tolist(), f"run {run}: output differs"
-        record = {name: getattr(dut, name).value.to_unsigned() for name in BACKEND_COUNTERS}
+        names = BACKEND_COUNTERS + (FROZEN_COUNTERS if frozen else ())
+        record = {name: getattr(dut, name).value.to_unsigned() for name in names}
         record["command_starts"] = starts
         record["output"] = out.tolist()
         results.append(record)

@@ -1,0 +1,104 @@
+"""The accelerator top: the frozen front end (optional) feeding the programmable back end.
+
+The frozen block (:class:`~hoarfrost.hw.frozen.FrozenFeatureExtractor`, the first convolutions
+of the model with their weights in the logic) takes the input image one pixel per beat and
+streams its output feature map, one pixel per beat with all channels, into the back end's
+``feature_in``; the firmware's ``RECV`` writes it into the scratchpad and the remaining layers
+run on the back end (:class:`~hoarfrost.hw.backend.BackEnd`). Without frozen layers the top is
+the back end alone, its input loaded from DRAM.
+
+The DRAM side stays the back end's pair of byte streams per direction; the AXI bridge plugs in
+there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from amaranth import Module
+from amaranth.lib import stream, wiring
+from amaranth.lib.wiring import In, Out
+
+from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd, dram_request_layout
+from hoarfrost.hw.config import BackendConfig
+from hoarfrost.hw.frozen import FrozenFeatureExtractor
+from hoarfrost.hw.line_buffer import pixel_layout
+
+__all__ = ["Accelerator", "FROZEN_COUNTERS"]
+
+#: Counters of the frozen block, as the accelerator's ports name them (``frozen_`` + the
+#: block's own name): cycles since its first input beat, cycles its output waited on the back
+#: end, output pixels delivered. They run on across images (no reset between frames).
+FROZEN_COUNTERS = ("frozen_cycles", "frozen_stall_cycles", "frozen_out_pixels")
+
+
+class Accelerator(wiring.Component):
+    """Frozen front end (optional) -> programmable back end.
+
+    Parameters
+    ----------
+    config : BackendConfig
+        The back end's array and buffers.
+    frozen_specs : sequence of ConvSpec / PoolSpec, optional
+        The frozen layers (:func:`hoarfrost.gen.freeze.freeze_specs`); empty: no front end.
+    scratch_bytes, param_depth : int
+        As :class:`~hoarfrost.hw.backend.BackEnd`.
+    stages : int
+        Pipeline stages of each frozen convolution.
+
+    Members
+    -------
+    pixels : ``In(stream.Signature(pixel_layout(in_channels)))``
+        Only with frozen layers: the input image, one pixel per beat in raster order, all
+        channels in the beat (lane ``c`` = channel ``c``, signed int8).
+    start : ``In(1)``, program_addr : ``In(32)``, busy : ``Out(1)``, done : ``Out(1)``
+        The back end's control: ``start`` runs the firmware at ``program_addr``; ``done``
+        pulses at its ``END``. With frozen layers the firmware's ``RECV`` takes the frozen
+        block's output; pixels may be sent before or after ``start``.
+    rd_cmd, rd_data, wr_cmd, wr_data : byte streams
+        The back end's DRAM ports (see :class:`~hoarfrost.hw.backend.BackEnd`).
+    cycles, fetch_cycles, ... : ``Out(counter_width)``
+        The back end's counters, :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS`.
+    frozen_cycles, frozen_stall_cycles, frozen_out_pixels : ``Out(32)``
+        Only with frozen layers: the frozen block's counters, :data:`FROZEN_COUNTERS`.
+    """
+
+    def __init__(self, config: BackendConfig, frozen_specs: Sequence = (), *,
+                 scratch_bytes: int = 4096, param_depth: int = 64, stages: int = 4):
+        self.frozen = FrozenFeatureExtractor(frozen_specs, stages=stages) if frozen_specs else None
+        channels = frozen_specs[-1].out_channels if frozen_specs else 0
+        self.backend = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
+                               stream_channels=channels)
+        cw = config.counter_width
+        ports = {
+            "start": In(1),
+            "program_addr": In(32),
+            "busy": Out(1),
+            "done": Out(1),
+            "rd_cmd": Out(stream.Signature(dram_request_layout())),
+            "rd_data": In(stream.Signature(8)),
+            "wr_cmd": Out(stream.Signature(dram_request_layout())),
+            "wr_data": Out(stream.Signature(8)),
+            **{name: Out(cw) for name in BACKEND_COUNTERS},
+        }
+        if self.frozen is not None:
+            ports["pixels"] = In(stream.Signature(pixel_layout(frozen_specs[0].in_channels)))
+            ports.update({name: Out(32) for name in FROZEN_COUNTERS})
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.backend = backend = self.backend
+        m.d.comb += [backend.start.eq(self.start), backend.program_addr.eq(self.program_addr),
+                     self.busy.eq(backend.busy), self.done.eq(backend.done)]
+        m.d.comb += [getattr(self, name).eq(getattr(backend, name)) for name in BACKEND_COUNTERS]
+        for name in ("rd_cmd", "wr_cmd", "wr_data"):
+            wiring.connect(m, getattr(backend, name), wiring.flipped(getattr(self, name)))
+        wiring.connect(m, wiring.flipped(self.rd_data), backend.rd_data)
+        if self.frozen is not None:
+            m.submodules.frozen = frozen = self.frozen
+            wiring.connect(m, wiring.flipped(self.pixels), frozen.i_stream)
+            wiring.connect(m, frozen.o_stream, backend.feature_in)
+            m.d.comb += [getattr(self, f"frozen_{name}").eq(getattr(frozen, name))
+                         for name in ("cycles", "stall_cycles", "out_pixels")]
+        return m
