@@ -1,10 +1,13 @@
-"""``hoarfrost bench dram``: bad options are one-line errors; bandwidth and energy arithmetic.
+"""``hoarfrost bench dram``: bad options are one-line errors; bandwidth and energy arithmetic;
+the batch traffic figures (example CNN, batch 1 and 16, layer by layer against MBS).
 
-The Verilator run itself is exercised in ``test_dma_cosim.py``.
+The Verilator run itself is exercised in ``test_dma_cosim.py``; the schedules' traffic in
+detail in ``test_mbs.py``.
 """
 
 import argparse
 
+import numpy as np
 import pytest
 
 from hoarfrost.gen import bench_dram
@@ -27,6 +30,7 @@ def test_defaults_are_the_briefs():
     ({"latency": 1}, "--latency must be from 2"),
     ({"beats": 0}, "--beats must be from 1"),
     ({"outstanding": 65}, "--outstanding must be from 1 to 64"),
+    ({"batch": 0}, "--batch must be from 1 to 256, not 0"),
 ])
 def test_bad_options_name_the_option(overrides, message):
     with pytest.raises(HoarfrostError, match=message):
@@ -44,3 +48,36 @@ def test_dram_energy_is_640_pj_per_32_bits():
     assert energy["dram_read32"] == pytest.approx(100 * 640.0)
     assert energy["dram_write32"] == pytest.approx(10 * 640.0)
     assert energy["total"] == pytest.approx(110 * 640.0)
+
+
+def test_batch_traffic_of_the_example_cnn_on_the_default_preset():
+    """The figures the bench prints: 16 images of the CNN on the 4 KB scratchpad."""
+    t = bench_dram.batch_traffic(args())
+    assert (t["config"], t["array"], t["scratch_bytes"]) == ("default", "4x4", 4096)
+    one, sixteen = t["batches"]["1"], t["batches"]["16"]
+    # batch 1: every feature map on chip, both schedules the same, within 1.1x (issue 6)
+    assert one["layer"]["total_bytes"] == one["mbs"]["total_bytes"] == 2498
+    assert one["compulsory_bytes"] == 2346 and one["mbs"]["ratio"] < 1.1
+    assert one["reduction"] == 0.0 and one["identical_outputs"]
+    # batch 16: MBS spills 2 KB instead of 26 KB; both read the weights alike
+    assert sixteen["compulsory_bytes"] == 3456
+    assert sixteen["layer"]["total_bytes"] == 53720 and sixteen["mbs"]["total_bytes"] == 29144
+    assert (sixteen["layer"]["spill_bytes"], sixteen["mbs"]["spill_bytes"]) == (26624, 2048)
+    assert sixteen["layer"]["weight_bytes"] == sixteen["mbs"]["weight_bytes"] == 25912
+    assert sixteen["reduction"] == pytest.approx(0.4575, abs=1e-4)
+    assert sixteen["identical_outputs"]
+    text = "\n".join(bench_dram.traffic_text(t))
+    assert "batch  16: compulsory 3456, layer-by-layer 53720 (15.544x), MBS 29144 (8.433x): " \
+           "45.7% less with MBS; identical outputs" in text
+    assert "spills 26624 -> 2048, weights 25912 -> 25912, firmware fetched 2796 -> 3264; " \
+           "MBS groups conv1+conv2+pool x4 | flatten+fc x16" in text
+    # conv2 reads its weights per image in both; layer by layer also reloads conv1's output
+    assert "/conv2/Conv 29696 / 4096 21504 / 0 1344" in " ".join(text.split())
+
+
+def test_batch_traffic_options_name_the_cause(tmp_path):
+    with pytest.raises(HoarfrostError, match="--model .*nothing.onnx.*no such file"):
+        bench_dram.batch_traffic(args(model=tmp_path / "nothing.onnx"))
+    np.save(tmp_path / "few.npy", np.load(bench_dram.EXAMPLES / "digits_calib.npy")[:16])
+    with pytest.raises(HoarfrostError, match=r"has 16 images, fewer than --batch 32"):
+        bench_dram.batch_traffic(args(calib=tmp_path / "few.npy", batch=32))
