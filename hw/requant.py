@@ -1,7 +1,9 @@
 """The requantizer: the hardware form of ``sim/arith.py``'s contract.
 
 ``y = clamp(zero_point + ((acc * multiplier + 2**(shift-1)) >> shift), lo, hi)``, pipelined in
-three stages (multiply, round and shift, offset and clamp) behind a stream handshake. Every
+four stages (input register, multiply, round and shift, offset and clamp) behind a stream
+handshake. The input register keeps whatever selects the operands (the back end's drain muxes
+a result lane and reads a parameter memory) off the multiplier's path. Every
 parameter travels with its accumulator, so per-channel multipliers, fused ReLU/ReLU6 bounds and
 zero points change from beat to beat at no cost.
 """
@@ -42,9 +44,9 @@ class Requantizer(wiring.Component):
     i_stream : ``In(stream.Signature(requant_layout(acc_width)))``
         Accumulator with its multiplier, shift, output zero point and clamp bounds.
     o_stream : ``Out(stream.Signature(signed(8)))``
-        The int8 result, three cycles after its input when the output is not stalled.
+        The int8 result, four cycles after its input when the output is not stalled.
 
-    The three stages advance together whenever the last one is empty or being read, so a beat
+    The four stages advance together whenever the last one is empty or being read, so a beat
     per cycle flows at full rate and nothing is lost under backpressure.
     """
 
@@ -64,6 +66,9 @@ class Requantizer(wiring.Component):
         m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
         m.d.comb += self.i_stream.ready.eq(advance)
 
+        # Stage 0: the operands, registered.
+        valid0 = Signal()
+        p0 = Signal(requant_layout(self.acc_width))
         # Stage 1: the product (the one wide multiply).
         valid1 = Signal()
         product = Signal(signed(width))
@@ -75,9 +80,11 @@ class Requantizer(wiring.Component):
 
         with m.If(advance):
             m.d.sync += [
-                valid1.eq(self.i_stream.valid),
-                product.eq(self.i_stream.payload.acc * self.i_stream.payload.multiplier),
-                p1.eq(self.i_stream.payload),
+                valid0.eq(self.i_stream.valid),
+                p0.eq(self.i_stream.payload),
+                valid1.eq(valid0),
+                product.eq(p0.acc * p0.multiplier),
+                p1.eq(p0),
                 valid2.eq(valid1),
                 p2.eq(p1),
                 self.o_stream.valid.eq(valid2),
