@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from hoarfrost.firmware.isa import NO_PARAMS, POOL_MAX, Command, Op
 from hoarfrost.gen.compiler import CompileLimits, compile_graph
 from hoarfrost.gen.quantize import quantize
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
@@ -20,9 +21,12 @@ SMALL = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=32)
 
 
 def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16, seed=0,
-                stall_prob=0.0, max_cycles=50_000):
+                stall_prob=0.0, max_cycles=50_000, edit=None):
+    """Compile and run on the RTL; ``edit(commands)`` may rewrite the firmware first."""
     limits = CompileLimits.for_backend(config, scratch_bytes, param_depth)
     program = compile_graph(qgraph, limits)
+    if edit is not None:
+        program.commands = edit(program.commands)
     dram, firmware_addr = dram_image(program, x_int8)
     dut = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth)
     result = {}
@@ -50,6 +54,34 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
     sim.add_testbench(host)
     sim.run()
     return read_output(program, dram), result, program
+
+
+def expected_counters(program, config):
+    """The counters the firmware alone determines: scratchpad writes (bytes loaded plus results
+    written), parameter words loaded, and the engine's MACs and buffer accesses (the cycle
+    model's event counts, exact, summed over the MATMULs)."""
+    from hoarfrost.sim.cycle_model import predict_gemm
+    names = ("macs_issued", "a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes")
+    counts = dict.fromkeys(("scratch_writes", "param_writes", *names), 0)
+    geom = None
+    for c in program.commands:
+        if c.op == Op.GEOM:
+            geom = c
+        elif c.op == Op.LOAD:
+            counts["scratch_writes"] += c.length
+        elif c.op == Op.ADD:
+            counts["scratch_writes"] += c.length
+        elif c.op == Op.POOL:
+            counts["scratch_writes"] += geom.in_c * geom.out_h * geom.out_w
+            if c.p_addr != NO_PARAMS:
+                counts["param_writes"] += 2 if c.kind == POOL_MAX else (geom.kh * geom.kw + 1) * 2
+        elif c.op == Op.MATMUL:
+            counts["scratch_writes"] += c.mt * c.nt
+            counts["param_writes"] += 3 * c.nt
+            gemm = predict_gemm(config, c.mt, c.nt, c.cg * geom.kh * geom.kw)
+            for name in names:
+                counts[name] += getattr(gemm, name)
+    return counts
 
 
 def tiny_network(seed, pool, residual, depthwise):
@@ -89,4 +121,49 @@ def test_tiny_networks_run_bit_exact(seed, pool, residual, depthwise, stall):
         int(l.weight_q.size * (np.prod(qgraph.shapes[l.output][1:]) if l.op == "conv" else 1))
         for l in qgraph.layers if l.op in ("conv", "dense"))
     assert counters["dram_write_bytes"] == 3
+    expected = expected_counters(program, SMALL)
+    assert {name: counters[name] for name in expected} == expected
+    stores = sum(c.length for c in program.commands if c.op == Op.STORE)
+    assert counters["scratch_reads"] > stores
     assert counters["cycles"] >= counters["matmul_cycles"] + counters["pool_cycles"] + counters["add_cycles"]
+
+
+def split_mid_row(commands, at):
+    """The firmware with each layer's MATMULs (over all its pixels) re-split into pixels
+    ``0..at-1`` and ``at..``: the ISA allows any m0, the compiler splits at whole rows."""
+    out, pixels = [], {}
+    for c in commands:
+        if c.op == Op.MATMUL:
+            pixels[(c.dst, c.n0)] = pixels.get((c.dst, c.n0), 0) + c.mt
+    for c in commands:
+        if c.op == Op.MATMUL and c.m0 == 0:
+            fields, total = dict(c.fields), pixels[(c.dst, c.n0)]
+            out.append(Command.make(Op.MATMUL, **{**fields, "mt": at}))
+            out.append(Command.make(Op.MATMUL, **{**fields, "m0": at, "mt": total - at}))
+        elif c.op != Op.MATMUL:
+            out.append(c)
+    return out
+
+
+def test_strided_dilated_padded_conv_split_mid_row_runs_bit_exact():
+    """Stride, dilation and asymmetric padding, with the MATMUL split at pixel 25 of 6 x 7
+    (oy0 = 3, ox0 = 4): the gatherer's and the write pointer's running addresses against the
+    golden model; then a padded 3 x 3 max pool and an average pool counting the padding."""
+    b = ModelBuilder((2, 13, 10), seed=4)
+    b.conv(2, 3, 3, (2, 1), (2, 1, 1, 0), dilation=2)
+    b.relu()
+    b.op("MaxPool", [b.last], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b.op("AveragePool", [b.last], kernel_shape=[2, 3], strides=[1, 1], pads=[0, 1, 1, 1],
+         count_include_pad=1)
+    rng = np.random.default_rng(4)
+    qgraph = quantize(import_onnx_bytes(b.finish()),
+                      rng.normal(0, 1, (16, 2, 13, 10)).astype(np.float32), 8)
+    assert tuple(qgraph.shapes[qgraph.layers[0].output]) == (3, 6, 7)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 13, 10)).astype(np.float32))
+    out, counters, program = run_backend(qgraph, x[0], stall_prob=0.2, seed=4,
+                                         edit=lambda cs: split_mid_row(cs, 25))
+    assert [(c.m0, c.mt) for c in program.commands if c.op == Op.MATMUL] == [(0, 25), (25, 17)]
+    assert np.array_equal(out, run_int(qgraph, x)[0])
+    assert counters["commands"] == len(program.commands)
+    expected = expected_counters(program, SMALL)
+    assert {name: counters[name] for name in expected} == expected
