@@ -235,9 +235,12 @@ class GemmEngine(wiring.Component):
             with m.If(wave):
                 rows_used = Mux(k_left < R, k_left, R)
                 cols_used = Mux(n_left < C, n_left, C)
+                # rows_used * cols_used as shifts and adds (rows_used <= R): a count is not
+                # worth a multiplier, of which the iCE40 UP5K has eight
+                useful = sum(Mux(rows_used[i], cols_used << i, 0) for i in range(R.bit_length()))
                 m.d.sync += [count("busy_cycles"), count("a_reads"),
                              count("macs_issued", R * C),
-                             count("macs_useful", rows_used * cols_used)]
+                             count("macs_useful", useful)]
             with m.If(weight_row):
                 m.d.sync += [w_rd_addr.eq(w_rd_addr + 1), count("w_reads")]
             with m.If(last_slot):
