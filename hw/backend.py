@@ -432,10 +432,16 @@ class BackEnd(wiring.Component):
         ]
         p_addr = Signal(aw)
         m.d.comb += p_addr.eq(p_win + p_toff)
-        a_first = Signal(signed(9))   # ADD: a - zp_a, kept while b is read
-        a_term = Signal(32)           # ADD: (a - zp_a) * mult_a, low 32 bits (all acc keeps)
-        b_first = Signal(32)          # ADD: b - zp_b, low 32 bits
-        a_push = Signal()             # ADD: a_term + b_first * mult_b waits for the requantizer
+        # ADD, low 32 bits (all the requantizer's acc keeps) of
+        # (a - zp_a) * mult_a + (b - zp_b) * mult_b = a_term + b * mult_b - zb
+        a_first = Signal(signed(9))   # a - zp_a, kept while b is read
+        a_term = Signal(32)           # (a - zp_a) * mult_a
+        b_val = Signal(signed(8))     # b
+        zb = Signal(32)               # zp_b * mult_b, once per command
+        a_sum = Signal(32)            # a_term - zb
+        b_term = Signal(32)           # b * mult_b
+        a_mul = Signal()              # a_term and b_val taken: form b_term and a_sum
+        a_push = Signal()             # a_sum + b_term waits for the requantizer
         a_idx = Signal(32)
 
         unit_rq = Signal()            # the scalar unit drives the requantizer input
@@ -550,8 +556,8 @@ class BackEnd(wiring.Component):
                         m.next = "POOL_SETUP"
                     with m.Case(Op.ADD):
                         m.d.sync += [a_idx.eq(0), out_addr.eq(field(Op.ADD, "dst")), p_phase.eq(0),
-                                     a_push.eq(0)]
-                        m.next = "ADD_A"
+                                     a_mul.eq(0), a_push.eq(0)]
+                        m.next = "ADD_SETUP"
                     with m.Case(Op.SYNC):
                         m.next = "FETCH"
                     with m.Case(Op.END):
@@ -839,27 +845,29 @@ class BackEnd(wiring.Component):
                                          p_win.eq(p_win + geom["sw"])]
 
             # ---- ADD ------------------------------------------------------------------------
-            with m.State("ADD_A"):
+            with m.State("ADD_SETUP"):
+                # zp_b * mult_b (low 32 bits) from 16-bit halves
                 m.d.sync += count("add_cycles")
-                # the previous element's sum goes to the requantizer while this one is read
-                with m.If(a_push):
-                    m.d.comb += [unit_rq.eq(1),
-                                 unit_payload.acc.eq(a_term + b_first * field(Op.ADD, "mult_b")),
-                                 unit_payload.multiplier.eq(1),
-                                 unit_payload.shift.eq(field(Op.ADD, "shift")),
-                                 unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
-                                 unit_payload.lo.eq(field(Op.ADD, "lo")),
-                                 unit_payload.hi.eq(field(Op.ADD, "hi"))]
-                    with m.If(rq.i_stream.ready):
-                        m.d.sync += a_push.eq(0)
-                with m.If(~a_push | rq.i_stream.ready):
-                    with m.If(a_idx == field(Op.ADD, "length")):
-                        with m.If(~a_push & (rq_inflight == 0)):
-                            m.next = "FETCH"
-                    with m.Else():
-                        m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx),
-                                     count("scratch_reads")]
-                        m.next = "ADD_B"
+
+                def add_setup_done():
+                    m.next = "ADD_A"
+
+                zp_b, mult_b = field(Op.ADD, "zp_b").as_unsigned(), field(Op.ADD, "mult_b")
+                products([
+                    (zp_b[:16], mult_b[:16], lambda p: [zb.eq(p)]),
+                    (zp_b[:16], mult_b[16:], lambda p: [zb.eq(zb + (p << 16))]),
+                    (zp_b[16:], mult_b[:16], lambda p: [zb.eq(zb + (p << 16))]),
+                ], add_setup_done)
+            with m.State("ADD_A"):
+                # (the elements' products and pushes run behind these states, see below)
+                m.d.sync += count("add_cycles")
+                with m.If(a_idx == field(Op.ADD, "length")):
+                    with m.If(~a_mul & ~a_push & (rq_inflight == 0)):
+                        m.next = "FETCH"
+                with m.Else():
+                    m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx),
+                                 count("scratch_reads")]
+                    m.next = "ADD_B"
             with m.State("ADD_B"):
                 m.d.sync += count("add_cycles")
                 m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_b") + a_idx), count("scratch_reads")]
@@ -870,15 +878,31 @@ class BackEnd(wiring.Component):
                 m.next = "ADD_TAKE_B"
             with m.State("ADD_TAKE_B"):
                 m.d.sync += count("add_cycles")
-                m.d.sync += [a_term.eq(a_first * field(Op.ADD, "mult_a")),
-                             b_first.eq(s_rd.data - field(Op.ADD, "zp_b")),
-                             a_push.eq(1), a_idx.eq(a_idx + 1)]
-                m.next = "ADD_A"
+                with m.If(~a_mul):      # (the read port keeps b while the previous one waits)
+                    m.d.sync += [a_term.eq(a_first * field(Op.ADD, "mult_a")), b_val.eq(s_rd.data),
+                                 a_mul.eq(1), a_idx.eq(a_idx + 1)]
+                    m.next = "ADD_A"
 
             with m.State("END"):
                 m.d.sync += self.busy.eq(0)
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+
+        # ADD's element pipeline behind its states: the cycle after ADD_TAKE_B forms b * mult_b
+        # and a_term - zb, the next pushes their sum (one element every four cycles).
+        with m.If(a_push):
+            m.d.comb += [unit_rq.eq(1),
+                         unit_payload.acc.eq(a_sum + b_term),
+                         unit_payload.multiplier.eq(1),
+                         unit_payload.shift.eq(field(Op.ADD, "shift")),
+                         unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
+                         unit_payload.lo.eq(field(Op.ADD, "lo")),
+                         unit_payload.hi.eq(field(Op.ADD, "hi"))]
+            with m.If(rq.i_stream.ready):
+                m.d.sync += a_push.eq(0)
+        with m.If(a_mul & (~a_push | rq.i_stream.ready)):
+            m.d.sync += [b_term.eq(b_val * field(Op.ADD, "mult_b")), a_sum.eq(a_term - zb),
+                         a_mul.eq(0), a_push.eq(1)]
 
         # The gatherer owns the scratchpad read port while a MATMUL runs.
         with m.If(g_active & ~g_full):
