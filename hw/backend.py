@@ -196,6 +196,15 @@ class BackEnd(wiring.Component):
         d_ky = Signal(aw)             # address step from a kernel row's last tap to the next row
         d_c = Signal(aw)              # ... from a channel's last tap to the next channel
         o_tstride = Signal(aw)        # cols * hw_out: output address step of one N tile
+        # Window bounds. A position is kept as oy * sh + ky * dh (and the x twin), which is
+        # outside below pad_top and from in_h + pad_top on; it saturates at SAT, past every
+        # bound (sums of three 16-bit registers), so narrow sums decide exactly as wide ones.
+        SAT = 1 << 18
+        y_end, x_end = Signal(18), Signal(18)       # in_h + pad_top, in_w + pad_left
+        y_pad_end, x_pad_end = Signal(18), Signal(18)   # ... + pad_bottom, ... + pad_right
+
+        def sat(value):
+            return Mux(value >= SAT, SAT, value)
 
         def products(steps, done):
             """The body of a setup state: ``steps`` are ``(a, b, take)``, issued one a cycle;
@@ -233,17 +242,17 @@ class BackEnd(wiring.Component):
         g_r = Signal(range(R + 1))
         g_ox = Signal(16)
         # The lane's k as (c, ky, kx) in strength-reduced terms: ky and kx, ky * dh and kx * dw
-        # (exact, for the bounds) and its address offset c * hw_in + ky * dh_in + kx * dw.
-        lane_shapes = {"ky": 16, "kx": 16, "kyd": 32, "kxd": 32, "koff": aw}
+        # (saturating, for the bounds) and its address offset c * hw_in + ky * dh_in + kx * dw.
+        lane_shapes = {"ky": 16, "kx": 16, "kyd": 19, "kxd": 19, "koff": aw}
         g_lane = [Signal(w, name=f"g_{n}") for n, w in lane_shapes.items()]
         g_base = [Signal(w, name=f"g_base_{n}") for n, w in lane_shapes.items()]
         g_next = [Signal(w, name=f"g_next_{n}") for n, w in lane_shapes.items()]
         g_ky, g_kx, g_kyd, g_kxd, g_koff = g_lane
-        # The pixel: iyb = oy * sh - pad_top and ixb = ox * sw - pad_left (exact), pix the
-        # address of its window's first tap in channel c0, row that of the row's first pixel;
-        # mm_* are the first pixel's, where every K tile starts again.
-        g_iyb, g_ixb, mm_iyb0, mm_ixb0 = (Signal(signed(34), name=n)
-                                          for n in ("g_iyb", "g_ixb", "mm_iyb0", "mm_ixb0"))
+        # The pixel: yb = oy * sh and xb = ox * sw (saturating), pix the address of its
+        # window's first tap in channel c0, row that of the row's first pixel; mm_* are the
+        # first pixel's, where every K tile starts again.
+        g_yb, g_xb, mm_yb0, mm_xb0 = (Signal(19, name=n)
+                                      for n in ("g_yb", "g_xb", "mm_yb0", "mm_xb0"))
         g_row, g_pix, mm_row0, mm_pix0 = (Signal(aw, name=n)
                                           for n in ("g_row", "g_pix", "mm_row0", "mm_pix0"))
         g_k = Signal(16)              # k of the lane being requested
@@ -257,12 +266,11 @@ class BackEnd(wiring.Component):
         zp_in = field(Op.MATMUL, "zp_in")
         # iy = oy * sh + ky * dh - pad_top, ix likewise; the address is
         # src + (c0 + c) * hw_in + iy * in_w + ix, one add of running sums.
-        iy = Signal(signed(35))
-        ix = Signal(signed(35))
-        m.d.comb += [iy.eq(g_iyb + g_kyd), ix.eq(g_ixb + g_kxd)]
+        y, x = Signal(20), Signal(20)                   # iy + pad_top, ix + pad_left
+        m.d.comb += [y.eq(g_yb + g_kyd), x.eq(g_xb + g_kxd)]
         g_outside = Signal()
-        m.d.comb += g_outside.eq((g_k >= k_total) | (iy < 0) | (ix < 0)
-                                 | (iy >= geom["in_h"]) | (ix >= geom["in_w"]))
+        m.d.comb += g_outside.eq((g_k >= k_total) | (y < geom["pad_top"]) | (x < geom["pad_left"])
+                                 | (y >= y_end) | (x >= x_end))
         g_addr = Signal(aw)
         m.d.comb += g_addr.eq(g_pix + g_koff)
 
@@ -274,8 +282,8 @@ class BackEnd(wiring.Component):
             last_ky = ky + 1 == geom["kh"]
             return (Mux(last_kx, Mux(last_ky, 0, ky + 1), ky),
                     Mux(last_kx, 0, kx + 1),
-                    Mux(last_kx, Mux(last_ky, 0, kyd + geom["dh"]), kyd),
-                    Mux(last_kx, 0, kxd + geom["dw"]),
+                    Mux(last_kx, Mux(last_ky, 0, sat(kyd + geom["dh"])), kyd),
+                    Mux(last_kx, 0, sat(kxd + geom["dw"])),
                     koff + Mux(last_kx, Mux(last_ky, d_c, d_ky), geom["dw"]))
 
         gather_reads = Signal()
@@ -301,14 +309,13 @@ class BackEnd(wiring.Component):
                 m.d.sync += [g_m.eq(g_m + 1), g_k.eq(g_kbase),
                              *(lane.eq(b) for lane, b in zip(g_lane, g_base))]
                 with m.If(g_ox + 1 == geom["out_w"]):
-                    m.d.sync += [g_ox.eq(0), g_iyb.eq(g_iyb + geom["sh"]),
-                                 g_ixb.eq(-geom["pad_left"]),
+                    m.d.sync += [g_ox.eq(0), g_yb.eq(sat(g_yb + geom["sh"])), g_xb.eq(0),
                                  g_row.eq(g_row + sh_in), g_pix.eq(g_row + sh_in)]
                 with m.Else():
-                    m.d.sync += [g_ox.eq(g_ox + 1), g_ixb.eq(g_ixb + geom["sw"]),
+                    m.d.sync += [g_ox.eq(g_ox + 1), g_xb.eq(sat(g_xb + geom["sw"])),
                                  g_pix.eq(g_pix + geom["sw"])]
             with m.Else():
-                m.d.sync += [g_m.eq(0), g_ox.eq(ox0), g_iyb.eq(mm_iyb0), g_ixb.eq(mm_ixb0),
+                m.d.sync += [g_m.eq(0), g_ox.eq(ox0), g_yb.eq(mm_yb0), g_xb.eq(mm_xb0),
                              g_row.eq(mm_row0), g_pix.eq(mm_pix0), g_kt.eq(g_kt + 1),
                              g_kbase.eq(g_kbase + R), g_k.eq(g_kbase + R),
                              *(b.eq(n) for b, n in zip(g_base, g_next)),
@@ -413,22 +420,23 @@ class BackEnd(wiring.Component):
         p_shift = Signal(32)
         p_rescale = Signal()
         p_phase = Signal(3)           # 0: address tap, 1: read, 2: take tap, 3: table, 4: push
-        # p_iy = oy * sh + ky - pad_top, p_ix likewise, from the window's exact origin; the tap's
-        # address src + c * hw_in + p_iy * in_w + p_ix is p_win + p_toff, running sums: p_chan0
+        # p_iy = oy * sh + ky - pad_top, p_ix likewise, from the window's origin p_yb = oy * sh,
+        # p_xb = ox * sw (saturating, as the gatherer's); the tap's address
+        # src + c * hw_in + p_iy * in_w + p_ix is p_win + p_toff, running sums: p_chan0
         # is the window origin's address at oy = ox = 0, p_row at ox = 0, p_win the window's,
         # p_toff = ky * in_w + kx the tap's offset in it.
-        p_iyb, p_ixb = Signal(signed(34)), Signal(signed(34))
+        p_yb, p_xb = Signal(19), Signal(19)
         p_chan0, p_row, p_win, p_toff, p_dky = (Signal(aw, name=n) for n in (
             "p_chan0", "p_row", "p_win", "p_toff", "p_dky"))
-        p_iy, p_ix = Signal(signed(35)), Signal(signed(35))
-        m.d.comb += [p_iy.eq(p_iyb + p_ky), p_ix.eq(p_ixb + p_kx)]
+        p_y, p_x = Signal(20), Signal(20)               # p_iy + pad_top, p_ix + pad_left
+        m.d.comb += [p_y.eq(p_yb + p_ky), p_x.eq(p_xb + p_kx)]
         p_inside = Signal()
         p_counted = Signal()
         m.d.comb += [
-            p_inside.eq((p_iy >= 0) & (p_ix >= 0) & (p_iy < geom["in_h"]) & (p_ix < geom["in_w"])),
-            p_counted.eq((p_iy + geom["pad_top"] >= 0) & (p_ix + geom["pad_left"] >= 0)
-                         & (p_iy < geom["in_h"] + geom["pad_bottom"])
-                         & (p_ix < geom["in_w"] + geom["pad_right"])),
+            p_inside.eq((p_y >= geom["pad_top"]) & (p_x >= geom["pad_left"])
+                        & (p_y < y_end) & (p_x < x_end)),
+            # (p_iy + pad_top >= 0 always)
+            p_counted.eq((p_y < y_pad_end) & (p_x < x_pad_end)),
         ]
         p_addr = Signal(aw)
         m.d.comb += p_addr.eq(p_win + p_toff)
@@ -549,7 +557,7 @@ class BackEnd(wiring.Component):
                         m.d.sync += [mt.eq(field(Op.MATMUL, "mt")), nt.eq(field(Op.MATMUL, "nt")),
                                      n_tiles.eq(ceil_div(field(Op.MATMUL, "nt")[:16], C)),
                                      div_rem.eq(field(Op.MATMUL, "m0")),
-                                     mm_iyb0.eq(-geom["pad_top"]),
+                                     mm_yb0.eq(0),
                                      mm_row0.eq(field(Op.MATMUL, "src") - pt_in - geom["pad_left"])]
                         m.next = "MM_DIVIDE"
                     with m.Case(Op.POOL):
@@ -568,6 +576,10 @@ class BackEnd(wiring.Component):
             with m.State("GEOM_SETUP"):
                 # the strides the MATMULs and POOLs of this geometry step their addresses by
                 m.d.sync += count("fetch_cycles")
+                m.d.sync += [y_end.eq(geom["in_h"] + geom["pad_top"]),
+                             x_end.eq(geom["in_w"] + geom["pad_left"]),
+                             y_pad_end.eq(geom["in_h"] + geom["pad_top"] + geom["pad_bottom"]),
+                             x_pad_end.eq(geom["in_w"] + geom["pad_left"] + geom["pad_right"])]
 
                 def geom_done():
                     m.next = "FETCH"
@@ -631,7 +643,7 @@ class BackEnd(wiring.Component):
                 m.d.sync += count("matmul_cycles")
                 with m.If(div_rem >= geom["out_w"]):
                     m.d.sync += [div_rem.eq(div_rem - geom["out_w"]),
-                                 mm_iyb0.eq(mm_iyb0 + geom["sh"]), mm_row0.eq(mm_row0 + sh_in)]
+                                 mm_yb0.eq(sat(mm_yb0 + geom["sh"])), mm_row0.eq(mm_row0 + sh_in)]
                 with m.Else():
                     m.d.sync += ox0.eq(div_rem)
                     m.next = "MM_SETUP"
@@ -650,7 +662,7 @@ class BackEnd(wiring.Component):
                     (field(Op.MATMUL, "n0"), hw_out,
                      lambda p: [o_base.eq(field(Op.MATMUL, "dst") + field(Op.MATMUL, "m0") + p)]),
                     (ox0, geom["sw"],
-                     lambda p: [mm_ixb0.eq(p - geom["pad_left"]), mm_pix0.eq(mm_row0 + p)]),
+                     lambda p: [mm_xb0.eq(sat(p)), mm_pix0.eq(mm_row0 + p)]),
                     (n_tiles, k_tiles, lambda p: [w_bytes.eq(p * (R * C))]),
                 ], mm_setup_done)
             with m.State("MM_PARAMS_REQ"):
@@ -668,7 +680,7 @@ class BackEnd(wiring.Component):
                         rd_left.eq(w_bytes), engine_started.eq(1),
                         # gatherer
                         g_active.eq(1), g_full.eq(0), g_pend.eq(0), g_kt.eq(0), g_m.eq(0),
-                        g_r.eq(0), g_ox.eq(ox0), g_iyb.eq(mm_iyb0), g_ixb.eq(mm_ixb0),
+                        g_r.eq(0), g_ox.eq(ox0), g_yb.eq(mm_yb0), g_xb.eq(mm_xb0),
                         g_row.eq(mm_row0), g_pix.eq(mm_pix0), g_k.eq(0), g_kbase.eq(0),
                         *(lane.eq(0) for lane in g_lane), *(b.eq(0) for b in g_base),
                         # weight and bias feeders
@@ -745,7 +757,7 @@ class BackEnd(wiring.Component):
                 m.d.sync += [p_c.eq(0), p_oy.eq(0), p_ox.eq(0), p_ky.eq(0), p_kx.eq(0),
                              p_phase.eq(0), p_count.eq(0), out_addr.eq(field(Op.POOL, "dst")),
                              p_done.eq((geom["in_c"] == 0) | (hw_out == 0)),
-                             p_iyb.eq(-geom["pad_top"]), p_ixb.eq(-geom["pad_left"]),
+                             p_yb.eq(0), p_xb.eq(0),
                              p_chan0.eq(origin), p_row.eq(origin), p_win.eq(origin), p_toff.eq(0),
                              p_dky.eq(geom["in_w"] - geom["kw"] + 1),
                              p_acc.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, -128, 0)),
@@ -829,19 +841,19 @@ class BackEnd(wiring.Component):
                         m.d.sync += [p_phase.eq(0), p_kx.eq(0), p_ky.eq(0), p_count.eq(0),
                                      p_toff.eq(0), p_acc.eq(Mux(is_max, -128, 0))]
                         with m.If(p_ox + 1 == geom["out_w"]):
-                            m.d.sync += [p_ox.eq(0), p_ixb.eq(-geom["pad_left"])]
+                            m.d.sync += [p_ox.eq(0), p_xb.eq(0)]
                             with m.If(p_oy + 1 == geom["out_h"]):
                                 m.d.sync += [p_oy.eq(0), p_c.eq(p_c + 1),
-                                             p_iyb.eq(-geom["pad_top"]),
+                                             p_yb.eq(0),
                                              p_chan0.eq(p_chan0 + hw_in), p_row.eq(p_chan0 + hw_in),
                                              p_win.eq(p_chan0 + hw_in)]
                                 with m.If(p_c + 1 == geom["in_c"]):
                                     m.d.sync += p_done.eq(1)
                             with m.Else():
-                                m.d.sync += [p_oy.eq(p_oy + 1), p_iyb.eq(p_iyb + geom["sh"]),
+                                m.d.sync += [p_oy.eq(p_oy + 1), p_yb.eq(sat(p_yb + geom["sh"])),
                                              p_row.eq(p_row + sh_in), p_win.eq(p_row + sh_in)]
                         with m.Else():
-                            m.d.sync += [p_ox.eq(p_ox + 1), p_ixb.eq(p_ixb + geom["sw"]),
+                            m.d.sync += [p_ox.eq(p_ox + 1), p_xb.eq(sat(p_xb + geom["sw"])),
                                          p_win.eq(p_win + geom["sw"])]
 
             # ---- ADD ------------------------------------------------------------------------
