@@ -651,7 +651,7 @@ class BackEnd(wiring.Component):
                 m.d.sync += count("matmul_cycles")
 
                 def mm_setup_done():
-                    m.d.sync += [param_i.eq(0), param_words.eq(nt * 3), param_rec.eq(3),
+                    m.d.sync += [param_i.eq(0), param_words.eq((nt << 1) + nt), param_rec.eq(3),
                                  param_r.eq(0), param_slot.eq(0)]
                     m.next = "MM_PARAMS_REQ"
 
@@ -667,9 +667,10 @@ class BackEnd(wiring.Component):
                 ], mm_setup_done)
             with m.State("MM_PARAMS_REQ"):
                 m.d.sync += count("matmul_cycles")
-                m.d.comb += dram_read(field(Op.MATMUL, "p_addr"), nt * 12)
+                # nt records of 12 bytes (shifts and an add: a constant product would take a DSP)
+                m.d.comb += dram_read(field(Op.MATMUL, "p_addr"), (nt << 3) + (nt << 2))
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += [rd_left.eq(nt * 12), byte_idx.eq(0)]
+                    m.d.sync += [rd_left.eq((nt << 3) + (nt << 2)), byte_idx.eq(0)]
                     m.next = "PARAMS"
             with m.State("MM_START"):
                 m.d.sync += count("matmul_cycles")
