@@ -13,6 +13,14 @@ after another:
 * ``POOL`` (max/average, or a standalone clamp as a 1x1 max) and ``ADD`` (residual) run on a
   scalar unit that shares the requantizer.
 
+Timing: nothing multiplies per element. ``GEOM``, ``MATMUL`` and ``ADD`` start with setup
+states that form their products (``in_h * in_w``, the strides ``sh * in_w`` ..., ``c0 *
+hw_in``, ``zp_b * mult_b`` ...) once, one a cycle, on a shared registered multiplier; the
+loops then keep every scratchpad address and window position as a running sum stepped by
+those strides (addresses modulo the scratchpad's size, positions saturating past every
+bound). The requantizer registers its input, so the drain's lane mux and parameter reads do
+not reach its multiplier.
+
 The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
 bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness
 first; the gatherer, not the array, bounds convolution speed (``rows`` cycles per activation
