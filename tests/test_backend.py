@@ -167,3 +167,38 @@ def test_strided_dilated_padded_conv_split_mid_row_runs_bit_exact():
     assert counters["commands"] == len(program.commands)
     expected = expected_counters(program, SMALL)
     assert {name: counters[name] for name in expected} == expected
+
+
+def test_window_positions_past_every_bound_read_as_padding():
+    """A 1x1 convolution re-targeted by hand to 8 output rows at row stride 40,000: only row 0
+    lies inside the 4 x 4 input, row 7 starts at 280,000, past where the gatherer's position
+    sums saturate (2**18); every other row is all padding, so its outputs are the requantized
+    bias. Row 0 is the network's own."""
+    import struct
+    from hoarfrost.sim.arith import requantize
+    b = ModelBuilder((1, 4, 4), seed=9)
+    b.conv(1, 2, 1)
+    rng = np.random.default_rng(9)
+    qgraph = quantize(import_onnx_bytes(b.finish()),
+                      rng.normal(0, 1, (16, 1, 4, 4)).astype(np.float32), 8)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 1, 4, 4)).astype(np.float32))
+
+    def far_rows(commands):
+        out = []
+        for c in commands:
+            if c.op == Op.GEOM:
+                c = Command.make(Op.GEOM, **{**dict(c.fields), "out_h": 8, "sh": 40_000})
+            elif c.op == Op.MATMUL:
+                c = Command.make(Op.MATMUL, **{**dict(c.fields), "m0": 0, "mt": 32})
+            out.append(c)
+        return out
+
+    out, counters, program = run_backend(qgraph, x[0], edit=far_rows)
+    mm = next(c for c in program.commands if c.op == Op.MATMUL)
+    bias, mult, shift = struct.unpack_from("<iII", program.image, mm.p_addr)
+    padding = int(requantize(bias, mult, shift, mm.zp_out, mm.lo, mm.hi))
+    # the 32 bytes stored are channel 0's 8 rows of 4
+    stored = out.reshape(-1)
+    assert np.array_equal(stored[:4], run_int(qgraph, x)[0][0, 0])
+    assert np.all(stored[4:] == padding)
+    assert counters["scratch_reads"] == 4 + 32      # row 0's taps, then the STORE
