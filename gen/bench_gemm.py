@@ -10,7 +10,9 @@ With ``--synth ecp5|ice40`` it also synthesizes the engine (``--backend``: the w
 with yosys and places and routes it with nextpnr (:mod:`hoarfrost.gen.synth`), for the ULX3S
 85F or the iCEBreaker, and reports utilization and Fmax against ``--freq``; ``--no-sim`` skips
 the simulation. The design built then starts from the board's preset (``ULX3S`` /
-``ICEBREAKER``: its buffer depths) resized to ``--rows`` x ``--cols``.
+``ICEBREAKER``: its buffer depths) resized to ``--rows`` x ``--cols``; the back end also takes
+the board's scratchpad size and parameter depth (``ulx3s-85f`` / ``icebreaker`` in
+:data:`hoarfrost.gen.config.PRESETS`).
 """
 
 from __future__ import annotations
@@ -31,6 +33,10 @@ HELP = ("one GEMM on the systolic-array engine in Verilator: measured vs ideal a
 
 #: Board preset and default clock target (MHz) of each ``--synth`` target.
 SYNTH_TARGETS = {"ecp5": (ULX3S, 50.0), "ice40": (ICEBREAKER, 25.0)}
+
+#: The board preset (:data:`hoarfrost.gen.config.PRESETS`) whose scratchpad and parameter
+#: buffer ``--backend`` builds on each ``--synth`` target.
+SYNTH_BOARDS = {"ecp5": "ulx3s-85f", "ice40": "icebreaker"}
 
 #: Verilator arguments of the engine's builds: one C++ file at -O0 roughly halves the compile
 #: time, which dominates these runs of a few thousand cycles.
@@ -98,17 +104,9 @@ def _check_args(args) -> None:
 def energy_counts(config: BackendConfig, counters: dict) -> dict[str, float]:
     """Energy events of a run: one 8-bit multiply and one 32-bit add per MAC issued (padding
     PEs switch too), buffer accesses converted to 32-bit SRAM words by their width."""
-    a_words = config.rows * config.act_bits / 32
-    w_words = config.cols * config.weight_bits / 32
-    acc_words = config.acc_width / 32
-    return {
-        "mul8": counters["macs_issued"],
-        "add32": counters["macs_issued"],
-        "sram_read32": (counters["a_reads"] * a_words + counters["w_reads"] * w_words
-                        + counters["acc_reads"] * acc_words),
-        "sram_write32": (counters["a_writes"] * a_words + counters["w_writes"] * w_words
-                         + counters["acc_writes"] * acc_words),
-    }
+    from hoarfrost.sim.energy import buffer_words
+    return {"mul8": counters["macs_issued"], "add32": counters["macs_issued"],
+            **buffer_words(config, counters)}
 
 
 def run(args) -> tuple[dict, str]:
@@ -134,8 +132,13 @@ def _synthesize(args, config: BackendConfig, freq_mhz: float) -> tuple[dict, str
     from hoarfrost.gen.synth import ToolchainError, synthesize_component
 
     if args.backend:
+        from hoarfrost.gen.config import PRESETS
         from hoarfrost.hw.backend import BackEnd
-        design, what = BackEnd(config), "back end"
+        board = PRESETS[SYNTH_BOARDS[args.synth]]
+        design = BackEnd(config, scratch_bytes=board.scratch_bytes,
+                         param_depth=board.param_depth)
+        what = (f"back end ({board.name}: scratch_bytes {board.scratch_bytes}, "
+                f"param_depth {board.param_depth})")
     else:
         from hoarfrost.hw.gemm_engine import GemmEngine
         design, what = GemmEngine(config), "GEMM engine"

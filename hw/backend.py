@@ -15,6 +15,14 @@ after another:
 * ``RECV`` (a back end built with ``stream_channels > 0``) takes pixels of the frozen front
   end's output from the ``feature_in`` stream into the scratchpad, one lane per cycle.
 
+Timing: nothing multiplies per element. ``GEOM``, ``MATMUL`` and ``ADD`` start with setup
+states that form their products (``in_h * in_w``, the strides ``sh * in_w`` ..., ``c0 *
+hw_in``, ``zp_b * mult_b`` ...) once, one a cycle, on a shared registered multiplier; the
+loops then keep every scratchpad address and window position as a running sum stepped by
+those strides (addresses modulo the scratchpad's size, positions saturating past every
+bound). The requantizer registers its input, so the drain's lane mux and parameter reads do
+not reach its multiplier.
+
 The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
 bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness
 first; the gatherer, not the array, bounds convolution speed (``rows`` cycles per activation
@@ -48,6 +56,10 @@ BACKEND_COUNTERS = (
     "scratch_reads", "scratch_writes",
     "macs_issued", "macs_useful",           # summed over the GEMM engine's runs
     "engine_busy_cycles", "engine_stall_cycles",
+    # GEMM-engine buffer accesses, summed likewise (entries: a rows x int8, w cols weights,
+    # acc one acc_width word; see hoarfrost.hw.gemm_engine.COUNTERS)
+    "a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes",
+    "param_writes",      # 32-bit words written to the parameter buffers
     "recv_cycles",       # executing RECV (waiting for and writing feature-stream pixels)
 )
 
@@ -187,14 +199,61 @@ class BackEnd(wiring.Component):
         k_total = Signal(16)
         hw_in = Signal(32)            # in_h * in_w
         hw_out = Signal(32)           # out_h * out_w
-        oy0 = Signal(16)
         ox0 = Signal(16)
         n_tiles = Signal(16)
         k_tiles = Signal(16)
+        w_bytes = Signal(32)          # n_tiles * k_tiles * rows * cols: the MATMUL's weights
         m.d.comb += [engine.m.eq(mt), engine.n.eq(nt), engine.k.eq(k_total),
                      engine.zero_point.eq(field(Op.MATMUL, "zp_in"))]
         engine_started = Signal()
-        mm_results = Signal(32)       # requantized results written to the scratchpad
+
+        # --- per-command products: one registered multiplier, used by setup states ------------
+        # Nothing multiplies in the per-element loops: every address below is kept as a running
+        # sum stepped by these strides. Scratchpad addresses are computed modulo 2**aw, which is
+        # all the memory's address port keeps of them.
+        aw = len(s_rd.addr)
+        mul_a, mul_b = Signal(max(16, aw)), Signal(max(16, aw))
+        mul_p = Signal(32)            # low bits of mul_a * mul_b, two cycles after the operands
+        m.d.sync += mul_p.eq(mul_a * mul_b)
+        setup_step = Signal(4)
+        khkw = Signal(16)             # kh * kw
+        sh_in = Signal(aw)            # sh * in_w: address step of one output row
+        dh_in = Signal(aw)            # dh * in_w: address step of one kernel row
+        pt_in = Signal(aw)            # pad_top * in_w
+        d_ky = Signal(aw)             # address step from a kernel row's last tap to the next row
+        d_c = Signal(aw)              # ... from a channel's last tap to the next channel
+        o_tstride = Signal(aw)        # cols * hw_out: output address step of one N tile
+        # Window bounds. A position is kept as oy * sh + ky * dh (and the x twin), which is
+        # outside below pad_top and from in_h + pad_top on; it saturates at SAT, past every
+        # bound (sums of three 16-bit registers), so narrow sums decide exactly as wide ones.
+        SAT = 1 << 18
+        y_end, x_end = Signal(18), Signal(18)       # in_h + pad_top, in_w + pad_left
+        y_pad_end, x_pad_end = Signal(18), Signal(18)   # ... + pad_bottom, ... + pad_right
+
+        def sat(value):
+            return Mux(value >= SAT, SAT, value)
+
+        def products(steps, done):
+            """The body of a setup state: ``steps`` are ``(a, b, take)``, issued one a cycle;
+            ``take(p)`` gives the statements that take ``p = a * b`` two cycles later (a step may
+            use what a step three or more before it took). ``done()`` runs in the last cycle."""
+            m.d.sync += setup_step.eq(setup_step + 1)
+            with m.Switch(setup_step):
+                for i in range(len(steps) + 2):
+                    with m.Case(i):
+                        if i < len(steps):
+                            m.d.sync += [mul_a.eq(steps[i][0]), mul_b.eq(steps[i][1])]
+                        if i >= 2:
+                            m.d.sync += steps[i - 2][2](mul_p)
+                        if i == len(steps) + 1:
+                            m.d.sync += setup_step.eq(0)
+                            done()
+
+        def ceil_div(value, d):
+            """``ceil(value / d)`` for a constant ``d`` (a shift when it is a power of two)."""
+            if d & (d - 1) == 0:
+                return (value + d - 1) >> (d.bit_length() - 1)
+            return (value + d - 1) // d
 
         # --- scalar-unit / drain share of the requantizer ------------------------------------
         # Results leave the requantizer in input order; each user keeps a write pointer.
@@ -208,10 +267,21 @@ class BackEnd(wiring.Component):
         g_kt = Signal(16)
         g_m = Signal(16)
         g_r = Signal(range(R + 1))
-        g_oy, g_ox = Signal(16), Signal(16)
-        g_c, g_ky, g_kx = Signal(16), Signal(16), Signal(16)        # index of the lane's k
-        g_base = [Signal(16, name=f"g_base_{n}") for n in ("c", "ky", "kx")]
-        g_next = [Signal(16, name=f"g_next_{n}") for n in ("c", "ky", "kx")]
+        g_ox = Signal(16)
+        # The lane's k as (c, ky, kx) in strength-reduced terms: ky and kx, ky * dh and kx * dw
+        # (saturating, for the bounds) and its address offset c * hw_in + ky * dh_in + kx * dw.
+        lane_shapes = {"ky": 16, "kx": 16, "kyd": 19, "kxd": 19, "koff": aw}
+        g_lane = [Signal(w, name=f"g_{n}") for n, w in lane_shapes.items()]
+        g_base = [Signal(w, name=f"g_base_{n}") for n, w in lane_shapes.items()]
+        g_next = [Signal(w, name=f"g_next_{n}") for n, w in lane_shapes.items()]
+        g_ky, g_kx, g_kyd, g_kxd, g_koff = g_lane
+        # The pixel: yb = oy * sh and xb = ox * sw (saturating), pix the address of its
+        # window's first tap in channel c0, row that of the row's first pixel; mm_* are the
+        # first pixel's, where every K tile starts again.
+        g_yb, g_xb, mm_yb0, mm_xb0 = (Signal(19, name=n)
+                                      for n in ("g_yb", "g_xb", "mm_yb0", "mm_xb0"))
+        g_row, g_pix, mm_row0, mm_pix0 = (Signal(aw, name=n)
+                                          for n in ("g_row", "g_pix", "mm_row0", "mm_pix0"))
         g_k = Signal(16)              # k of the lane being requested
         g_kbase = Signal(16)
         g_pend = Signal()
@@ -221,29 +291,27 @@ class BackEnd(wiring.Component):
         g_full = Signal()
 
         zp_in = field(Op.MATMUL, "zp_in")
-        iy = Signal(signed(33))
-        ix = Signal(signed(33))
-        m.d.comb += [
-            iy.eq(g_oy * geom["sh"] + g_ky * geom["dh"] - geom["pad_top"]),
-            ix.eq(g_ox * geom["sw"] + g_kx * geom["dw"] - geom["pad_left"]),
-        ]
+        # iy = oy * sh + ky * dh - pad_top, ix likewise; the address is
+        # src + (c0 + c) * hw_in + iy * in_w + ix, one add of running sums.
+        y, x = Signal(20), Signal(20)                   # iy + pad_top, ix + pad_left
+        m.d.comb += [y.eq(g_yb + g_kyd), x.eq(g_xb + g_kxd)]
         g_outside = Signal()
-        m.d.comb += g_outside.eq((g_k >= k_total) | (iy < 0) | (ix < 0)
-                                 | (iy >= geom["in_h"]) | (ix >= geom["in_w"]))
-        g_addr = Signal(32)
-        m.d.comb += g_addr.eq(field(Op.MATMUL, "src")
-                              + (field(Op.MATMUL, "c0") + g_c) * hw_in
-                              + iy.as_unsigned()[:32] * geom["in_w"] + ix.as_unsigned()[:32])
+        m.d.comb += g_outside.eq((g_k >= k_total) | (y < geom["pad_top"]) | (x < geom["pad_left"])
+                                 | (y >= y_end) | (x >= x_end))
+        g_addr = Signal(aw)
+        m.d.comb += g_addr.eq(g_pix + g_koff)
 
         m.d.comb += [engine.a_stream.valid.eq(g_full), engine.a_stream.payload.eq(g_beat)]
 
-        def k_step(c, ky, kx):
-            """(c, ky, kx) advanced by one k (kx fastest, as the weight layout is)."""
+        def k_step(ky, kx, kyd, kxd, koff):
+            """The lane terms advanced by one k (kx fastest, as the weight layout is)."""
             last_kx = kx + 1 == geom["kw"]
             last_ky = ky + 1 == geom["kh"]
-            return (Mux(last_kx & last_ky, c + 1, c),
-                    Mux(last_kx, Mux(last_ky, 0, ky + 1), ky),
-                    Mux(last_kx, 0, kx + 1))
+            return (Mux(last_kx, Mux(last_ky, 0, ky + 1), ky),
+                    Mux(last_kx, 0, kx + 1),
+                    Mux(last_kx, Mux(last_ky, 0, sat(kyd + geom["dh"])), kyd),
+                    Mux(last_kx, 0, sat(kxd + geom["dw"])),
+                    koff + Mux(last_kx, Mux(last_ky, d_c, d_ky), geom["dw"]))
 
         gather_reads = Signal()
         with m.If(g_active & ~g_full):
@@ -254,10 +322,10 @@ class BackEnd(wiring.Component):
                 m.d.comb += gather_reads.eq(~g_outside)
                 m.d.sync += [g_pend.eq(1), g_pend_lane.eq(g_r),
                              g_pend_pad.eq(g_outside), g_r.eq(g_r + 1), g_k.eq(g_k + 1)]
-                nc, nky, nkx = k_step(g_c, g_ky, g_kx)
-                m.d.sync += [g_c.eq(nc), g_ky.eq(nky), g_kx.eq(nkx)]
+                stepped = k_step(*g_lane)
+                m.d.sync += [lane.eq(v) for lane, v in zip(g_lane, stepped)]
                 with m.If(g_r == R - 1):
-                    m.d.sync += [g_next[0].eq(nc), g_next[1].eq(nky), g_next[2].eq(nkx)]
+                    m.d.sync += [n.eq(v) for n, v in zip(g_next, stepped)]
             with m.Elif(g_pend):
                 m.d.sync += [g_pend.eq(0), g_full.eq(1)]
         with m.If(engine.a_stream.valid & engine.a_stream.ready):
@@ -266,16 +334,19 @@ class BackEnd(wiring.Component):
             with m.If(~last_m):
                 # next pixel, same K tile: lanes restart from the tile's base k
                 m.d.sync += [g_m.eq(g_m + 1), g_k.eq(g_kbase),
-                             g_c.eq(g_base[0]), g_ky.eq(g_base[1]), g_kx.eq(g_base[2])]
+                             *(lane.eq(b) for lane, b in zip(g_lane, g_base))]
                 with m.If(g_ox + 1 == geom["out_w"]):
-                    m.d.sync += [g_ox.eq(0), g_oy.eq(g_oy + 1)]
+                    m.d.sync += [g_ox.eq(0), g_yb.eq(sat(g_yb + geom["sh"])), g_xb.eq(0),
+                                 g_row.eq(g_row + sh_in), g_pix.eq(g_row + sh_in)]
                 with m.Else():
-                    m.d.sync += g_ox.eq(g_ox + 1)
+                    m.d.sync += [g_ox.eq(g_ox + 1), g_xb.eq(sat(g_xb + geom["sw"])),
+                                 g_pix.eq(g_pix + geom["sw"])]
             with m.Else():
-                m.d.sync += [g_m.eq(0), g_oy.eq(oy0), g_ox.eq(ox0), g_kt.eq(g_kt + 1),
+                m.d.sync += [g_m.eq(0), g_ox.eq(ox0), g_yb.eq(mm_yb0), g_xb.eq(mm_xb0),
+                             g_row.eq(mm_row0), g_pix.eq(mm_pix0), g_kt.eq(g_kt + 1),
                              g_kbase.eq(g_kbase + R), g_k.eq(g_kbase + R),
                              *(b.eq(n) for b, n in zip(g_base, g_next)),
-                             g_c.eq(g_next[0]), g_ky.eq(g_next[1]), g_kx.eq(g_next[2])]
+                             *(lane.eq(n) for lane, n in zip(g_lane, g_next))]
                 with m.If(g_kt + 1 == k_tiles):
                     m.d.sync += g_active.eq(0)
 
@@ -360,36 +431,52 @@ class BackEnd(wiring.Component):
         w_n = Signal(16)              # channel of the next result leaving the requantizer
         w_tile_n = Signal(16)
         w_m = Signal(16)
-        mm_out_addr = Signal(32)
-        m.d.comb += mm_out_addr.eq(field(Op.MATMUL, "dst") + (field(Op.MATMUL, "n0") + w_n) * hw_out
-                                   + field(Op.MATMUL, "m0") + w_m)
+        # Its address dst + (n0 + w_n) * hw_out + m0 + w_m, as running sums: o_tile at the N
+        # tile's first channel and pixel, o_pix at w_m's first channel, o_addr at w_n.
+        o_base, o_tile, o_pix, o_addr = (Signal(aw, name=n)
+                                         for n in ("o_base", "o_tile", "o_pix", "o_addr"))
 
         # ======================================================================================
         # The scalar unit: POOL and ADD, one element at a time.
         # ======================================================================================
         p_c, p_oy, p_ox, p_ky, p_kx = (Signal(16, name=f"p_{n}") for n in ("c", "oy", "ox", "ky", "kx"))
+        p_done = Signal()             # every window has been pushed
         p_acc = Signal(signed(32))
         p_count = Signal(16)
         p_mult = Signal(32)           # MAX rescale pair, read before the loop
         p_shift = Signal(32)
         p_rescale = Signal()
         p_phase = Signal(3)           # 0: address tap, 1: read, 2: take tap, 3: table, 4: push
-        p_iy, p_ix = Signal(signed(33)), Signal(signed(33))
-        m.d.comb += [p_iy.eq(p_oy * geom["sh"] + p_ky - geom["pad_top"]),
-                     p_ix.eq(p_ox * geom["sw"] + p_kx - geom["pad_left"])]
+        # p_iy = oy * sh + ky - pad_top, p_ix likewise, from the window's origin p_yb = oy * sh,
+        # p_xb = ox * sw (saturating, as the gatherer's); the tap's address
+        # src + c * hw_in + p_iy * in_w + p_ix is p_win + p_toff, running sums: p_chan0
+        # is the window origin's address at oy = ox = 0, p_row at ox = 0, p_win the window's,
+        # p_toff = ky * in_w + kx the tap's offset in it.
+        p_yb, p_xb = Signal(19), Signal(19)
+        p_chan0, p_row, p_win, p_toff, p_dky = (Signal(aw, name=n) for n in (
+            "p_chan0", "p_row", "p_win", "p_toff", "p_dky"))
+        p_y, p_x = Signal(20), Signal(20)               # p_iy + pad_top, p_ix + pad_left
+        m.d.comb += [p_y.eq(p_yb + p_ky), p_x.eq(p_xb + p_kx)]
         p_inside = Signal()
         p_counted = Signal()
         m.d.comb += [
-            p_inside.eq((p_iy >= 0) & (p_ix >= 0) & (p_iy < geom["in_h"]) & (p_ix < geom["in_w"])),
-            p_counted.eq((p_iy + geom["pad_top"] >= 0) & (p_ix + geom["pad_left"] >= 0)
-                         & (p_iy < geom["in_h"] + geom["pad_bottom"])
-                         & (p_ix < geom["in_w"] + geom["pad_right"])),
+            p_inside.eq((p_y >= geom["pad_top"]) & (p_x >= geom["pad_left"])
+                        & (p_y < y_end) & (p_x < x_end)),
+            # (p_iy + pad_top >= 0 always)
+            p_counted.eq((p_y < y_pad_end) & (p_x < x_pad_end)),
         ]
-        p_addr = Signal(32)
-        m.d.comb += p_addr.eq(field(Op.POOL, "src") + p_c * hw_in
-                              + p_iy.as_unsigned()[:32] * geom["in_w"] + p_ix.as_unsigned()[:32])
-        p_elements = Signal(32)       # outputs left (POOL) or elements left (ADD)
-        a_first = Signal(signed(9))   # ADD: a - zp_a, kept while b is read
+        p_addr = Signal(aw)
+        m.d.comb += p_addr.eq(p_win + p_toff)
+        # ADD, low 32 bits (all the requantizer's acc keeps) of
+        # (a - zp_a) * mult_a + (b - zp_b) * mult_b = a_term + b * mult_b - zb
+        a_first = Signal(signed(9))   # a - zp_a, kept while b is read
+        a_term = Signal(32)           # (a - zp_a) * mult_a
+        b_val = Signal(signed(8))     # b
+        zb = Signal(32)               # zp_b * mult_b, once per command
+        a_sum = Signal(32)            # a_term - zb
+        b_term = Signal(32)           # b * mult_b
+        a_mul = Signal()              # a_term and b_val taken: form b_term and a_sum
+        a_push = Signal()             # a_sum + b_term waits for the requantizer
         a_idx = Signal(32)
 
         unit_rq = Signal()            # the scalar unit drives the requantizer input
@@ -414,6 +501,10 @@ class BackEnd(wiring.Component):
         with m.If(rq.o_stream.valid):
             m.d.comb += s_wr.en.eq(1)
             m.d.sync += [count("scratch_writes"), out_addr.eq(out_addr + 1)]
+        # Beats inside the requantizer: a command is over when its last result is written.
+        rq_inflight = Signal(range(8))
+        rq_taken = rq.i_stream.valid & rq.i_stream.ready
+        m.d.sync += rq_inflight.eq(rq_inflight + rq_taken - rq.o_stream.valid)
 
         # ======================================================================================
         # The receiver's registers (RECV; its logic is in _receiver).
@@ -436,11 +527,15 @@ class BackEnd(wiring.Component):
         param_i = Signal(16)          # parameter word being loaded
         param_words = Signal(16)
         param_rec = Signal(2)         # words per record: 3 (bias, mult, shift) or 2 (mult, shift)
+        param_r = Signal(16)          # record of the word being loaded
+        param_slot = Signal(2)        # its slot: 0 bias, 1 mult, 2 shift
         field_i = Signal(8)
         div_rem = Signal(16)
 
-        counter_names = ("macs_issued", "macs_useful", "engine_busy_cycles", "engine_stall_cycles")
-        engine_names = ("macs_issued", "macs_useful", "busy_cycles", "stall_cycles")
+        buffer_names = ("a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes")
+        counter_names = ("macs_issued", "macs_useful", "engine_busy_cycles", "engine_stall_cycles",
+                         *buffer_names)
+        engine_names = ("macs_issued", "macs_useful", "busy_cycles", "stall_cycles", *buffer_names)
 
         with m.If(self.busy):
             m.d.sync += count("cycles")
@@ -498,19 +593,20 @@ class BackEnd(wiring.Component):
                         m.next = "STORE_REQ"
                     with m.Case(Op.GEOM):
                         m.d.sync += [geom[name].eq(field(Op.GEOM, name)) for name in geom_names]
-                        m.d.sync += [hw_in.eq(field(Op.GEOM, "in_h") * field(Op.GEOM, "in_w")),
-                                     hw_out.eq(field(Op.GEOM, "out_h") * field(Op.GEOM, "out_w"))]
-                        m.next = "FETCH"
+                        m.next = "GEOM_SETUP"
                     with m.Case(Op.MATMUL):
                         m.d.sync += [mt.eq(field(Op.MATMUL, "mt")), nt.eq(field(Op.MATMUL, "nt")),
-                                     k_total.eq(field(Op.MATMUL, "cg") * geom["kh"] * geom["kw"]),
-                                     oy0.eq(0), div_rem.eq(field(Op.MATMUL, "m0"))]
+                                     n_tiles.eq(ceil_div(field(Op.MATMUL, "nt")[:16], C)),
+                                     div_rem.eq(field(Op.MATMUL, "m0")),
+                                     mm_yb0.eq(0),
+                                     mm_row0.eq(field(Op.MATMUL, "src") - pt_in - geom["pad_left"])]
                         m.next = "MM_DIVIDE"
                     with m.Case(Op.POOL):
                         m.next = "POOL_SETUP"
                     with m.Case(Op.ADD):
-                        m.d.sync += [a_idx.eq(0), out_addr.eq(field(Op.ADD, "dst")), p_phase.eq(0)]
-                        m.next = "ADD_A"
+                        m.d.sync += [a_idx.eq(0), out_addr.eq(field(Op.ADD, "dst")), p_phase.eq(0),
+                                     a_mul.eq(0), a_push.eq(0)]
+                        m.next = "ADD_SETUP"
                     with m.Case(Op.SYNC):
                         m.next = "FETCH"
                     if self.stream_channels:
@@ -523,6 +619,29 @@ class BackEnd(wiring.Component):
                         m.next = "END"
                     with m.Default():
                         m.next = "END"          # an unknown op stops the machine
+
+            with m.State("GEOM_SETUP"):
+                # the strides the MATMULs and POOLs of this geometry step their addresses by
+                m.d.sync += count("fetch_cycles")
+                m.d.sync += [y_end.eq(geom["in_h"] + geom["pad_top"]),
+                             x_end.eq(geom["in_w"] + geom["pad_left"]),
+                             y_pad_end.eq(geom["in_h"] + geom["pad_top"] + geom["pad_bottom"]),
+                             x_pad_end.eq(geom["in_w"] + geom["pad_left"] + geom["pad_right"])]
+
+                def geom_done():
+                    m.next = "FETCH"
+
+                products([
+                    (geom["in_h"], geom["in_w"], lambda p: [hw_in.eq(p)]),
+                    (geom["out_h"], geom["out_w"], lambda p: [hw_out.eq(p)]),
+                    (geom["kh"], geom["kw"], lambda p: [khkw.eq(p)]),
+                    (geom["sh"], geom["in_w"], lambda p: [sh_in.eq(p)]),
+                    (geom["dh"], geom["in_w"], lambda p: [dh_in.eq(p)]),
+                    (geom["pad_top"], geom["in_w"], lambda p: [pt_in.eq(p)]),
+                    (geom["kw"] - 1, geom["dw"], lambda p: [d_ky.eq(dh_in - p), d_c.eq(hw_in - p)]),
+                    (geom["kh"] - 1, dh_in, lambda p: [d_c.eq(d_c - p)]),
+                    (C, hw_out, lambda p: [o_tstride.eq(p)]),
+                ], geom_done)
 
             # ---- LOAD / STORE ---------------------------------------------------------------
             with m.State("LOAD_REQ"):
@@ -566,58 +685,82 @@ class BackEnd(wiring.Component):
 
             # ---- MATMUL ---------------------------------------------------------------------
             with m.State("MM_DIVIDE"):
-                # (oy0, ox0) = divmod(m0, out_w) by repeated subtraction (at most out_h steps)
+                # (oy0, ox0) = divmod(m0, out_w) by repeated subtraction (at most out_h steps),
+                # stepping the first pixel's row terms by one output row each
                 m.d.sync += count("matmul_cycles")
                 with m.If(div_rem >= geom["out_w"]):
-                    m.d.sync += [div_rem.eq(div_rem - geom["out_w"]), oy0.eq(oy0 + 1)]
+                    m.d.sync += [div_rem.eq(div_rem - geom["out_w"]),
+                                 mm_yb0.eq(sat(mm_yb0 + geom["sh"])), mm_row0.eq(mm_row0 + sh_in)]
                 with m.Else():
-                    m.d.sync += [ox0.eq(div_rem),
-                                 n_tiles.eq((nt + C - 1) // C), k_tiles.eq((k_total + R - 1) // R),
-                                 param_i.eq(0), param_words.eq(nt * 3), param_rec.eq(3)]
+                    m.d.sync += ox0.eq(div_rem)
+                    m.next = "MM_SETUP"
+            with m.State("MM_SETUP"):
+                m.d.sync += count("matmul_cycles")
+
+                def mm_setup_done():
+                    m.d.sync += [param_i.eq(0), param_words.eq((nt << 1) + nt), param_rec.eq(3),
+                                 param_r.eq(0), param_slot.eq(0)]
                     m.next = "MM_PARAMS_REQ"
+
+                products([
+                    (field(Op.MATMUL, "cg"), khkw, lambda p: [k_total.eq(p)]),
+                    (field(Op.MATMUL, "c0"), hw_in,
+                     lambda p: [mm_row0.eq(mm_row0 + p), k_tiles.eq(ceil_div(k_total, R))]),
+                    (field(Op.MATMUL, "n0"), hw_out,
+                     lambda p: [o_base.eq(field(Op.MATMUL, "dst") + field(Op.MATMUL, "m0") + p)]),
+                    (ox0, geom["sw"],
+                     lambda p: [mm_xb0.eq(sat(p)), mm_pix0.eq(mm_row0 + p)]),
+                    (n_tiles, k_tiles, lambda p: [w_bytes.eq(p * (R * C))]),
+                ], mm_setup_done)
             with m.State("MM_PARAMS_REQ"):
                 m.d.sync += count("matmul_cycles")
-                m.d.comb += dram_read(field(Op.MATMUL, "p_addr"), nt * 12)
+                # nt records of 12 bytes (shifts and an add: a constant product would take a DSP)
+                m.d.comb += dram_read(field(Op.MATMUL, "p_addr"), (nt << 3) + (nt << 2))
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += [rd_left.eq(nt * 12), byte_idx.eq(0)]
+                    m.d.sync += [rd_left.eq((nt << 3) + (nt << 2)), byte_idx.eq(0)]
                     m.next = "PARAMS"
             with m.State("MM_START"):
                 m.d.sync += count("matmul_cycles")
-                m.d.comb += dram_read(field(Op.MATMUL, "w_addr"), n_tiles * k_tiles * (R * C))
+                m.d.comb += dram_read(field(Op.MATMUL, "w_addr"), w_bytes)
                 with m.If(self.rd_cmd.ready):
                     m.d.comb += engine.start.eq(1)
                     m.d.sync += [
-                        rd_left.eq(n_tiles * k_tiles * (R * C)), engine_started.eq(1),
+                        rd_left.eq(w_bytes), engine_started.eq(1),
                         # gatherer
                         g_active.eq(1), g_full.eq(0), g_pend.eq(0), g_kt.eq(0), g_m.eq(0),
-                        g_r.eq(0), g_oy.eq(oy0), g_ox.eq(ox0), g_k.eq(0), g_kbase.eq(0),
-                        g_c.eq(0), g_ky.eq(0), g_kx.eq(0),
-                        *(b.eq(0) for b in g_base),
+                        g_r.eq(0), g_ox.eq(ox0), g_yb.eq(mm_yb0), g_xb.eq(mm_xb0),
+                        g_row.eq(mm_row0), g_pix.eq(mm_pix0), g_k.eq(0), g_kbase.eq(0),
+                        *(lane.eq(0) for lane in g_lane), *(b.eq(0) for b in g_base),
                         # weight and bias feeders
                         w_active.eq(1), w_full.eq(0), w_lane.eq(0),
                         b_active.eq(1), b_full.eq(0), b_pend.eq(0), b_lane.eq(0), b_tile.eq(0),
                         b_n.eq(0),
                         # drain and write pointer
                         d_have.eq(0), d_tile_n.eq(0), d_m.eq(0),
-                        w_n.eq(0), w_tile_n.eq(0), w_m.eq(0), mm_results.eq(0),
+                        w_n.eq(0), w_tile_n.eq(0), w_m.eq(0),
+                        o_tile.eq(o_base), o_pix.eq(o_base), o_addr.eq(o_base),
                     ]
                     m.next = "MM_RUN"
             with m.State("MM_RUN"):
                 m.d.sync += count("matmul_cycles")
                 with m.If(rq.o_stream.valid):
-                    m.d.comb += s_wr.addr.eq(mm_out_addr)
-                    m.d.sync += mm_results.eq(mm_results + 1)
+                    m.d.comb += s_wr.addr.eq(o_addr)
                     # next result: the next channel of this pixel, else the next pixel
                     with m.If((w_n + 1 == nt) | (w_n + 1 == w_tile_n + C)):
                         with m.If(w_m + 1 == mt):
-                            m.d.sync += [w_m.eq(0), w_tile_n.eq(w_tile_n + C), w_n.eq(w_tile_n + C)]
+                            m.d.sync += [w_m.eq(0), w_tile_n.eq(w_tile_n + C), w_n.eq(w_tile_n + C),
+                                         o_tile.eq(o_tile + o_tstride),
+                                         o_pix.eq(o_tile + o_tstride), o_addr.eq(o_tile + o_tstride)]
                         with m.Else():
-                            m.d.sync += [w_m.eq(w_m + 1), w_n.eq(w_tile_n)]
+                            m.d.sync += [w_m.eq(w_m + 1), w_n.eq(w_tile_n),
+                                         o_pix.eq(o_pix + 1), o_addr.eq(o_pix + 1)]
                     with m.Else():
-                        m.d.sync += w_n.eq(w_n + 1)
+                        m.d.sync += [w_n.eq(w_n + 1), o_addr.eq(o_addr + hw_out)]
                 with m.If(gather_reads):
                     m.d.sync += count("scratch_reads")
-                with m.If(engine_started & ~engine.busy & (mm_results == mt * nt)):
+                # done when the engine has sent its last beat, the drain has pushed it and the
+                # requantizer has written every result
+                with m.If(engine_started & ~engine.busy & ~d_have & (rq_inflight == 0)):
                     m.d.sync += [engine_started.eq(0)]
                     m.d.sync += [counters[ours].eq(counters[ours] + getattr(engine, theirs))
                                  for ours, theirs in zip(counter_names, engine_names)]
@@ -630,23 +773,25 @@ class BackEnd(wiring.Component):
                 with m.Else():
                     m.d.sync += count("pool_cycles")
                 m.d.comb += take_word_bytes.eq(1)
-                rec = Signal(16)
-                slot = Signal(2)
-                # record index and word within it, from param_i (records of 2 or 3 words)
-                m.d.comb += [rec.eq(Mux(param_rec == 3, param_i // 3, param_i >> 1)),
-                             slot.eq(Mux(param_rec == 3, param_i % 3, (param_i & 1) + 1))]
                 with m.If(word_done):
-                    m.d.comb += [bias_wr.addr.eq(rec), mult_wr.addr.eq(rec), shift_wr.addr.eq(rec),
+                    m.d.comb += [bias_wr.addr.eq(param_r), mult_wr.addr.eq(param_r),
+                                 shift_wr.addr.eq(param_r),
                                  bias_wr.data.eq(full_word), mult_wr.data.eq(full_word),
                                  shift_wr.data.eq(full_word)]
-                    with m.Switch(slot):
+                    # records of 3 words (bias, mult, shift) or 2 (mult, shift)
+                    with m.If(param_slot == 2):
+                        m.d.sync += [param_r.eq(param_r + 1),
+                                     param_slot.eq(Mux(param_rec == 3, 0, 1))]
+                    with m.Else():
+                        m.d.sync += param_slot.eq(param_slot + 1)
+                    with m.Switch(param_slot):
                         with m.Case(0):
                             m.d.comb += bias_wr.en.eq(1)
                         with m.Case(1):
                             m.d.comb += mult_wr.en.eq(1)
                         with m.Case(2):
                             m.d.comb += shift_wr.en.eq(1)
-                    m.d.sync += param_i.eq(param_i + 1)
+                    m.d.sync += [param_i.eq(param_i + 1), count("param_writes")]
                     with m.If(param_i + 1 == param_words):
                         with m.If(op == Op.MATMUL):
                             m.next = "MM_START"
@@ -656,14 +801,18 @@ class BackEnd(wiring.Component):
             # ---- POOL -----------------------------------------------------------------------
             with m.State("POOL_SETUP"):
                 m.d.sync += count("pool_cycles")
+                origin = field(Op.POOL, "src") - pt_in - geom["pad_left"]
                 m.d.sync += [p_c.eq(0), p_oy.eq(0), p_ox.eq(0), p_ky.eq(0), p_kx.eq(0),
                              p_phase.eq(0), p_count.eq(0), out_addr.eq(field(Op.POOL, "dst")),
-                             p_elements.eq(geom["in_c"] * hw_out),
+                             p_done.eq((geom["in_c"] == 0) | (hw_out == 0)),
+                             p_yb.eq(0), p_xb.eq(0),
+                             p_chan0.eq(origin), p_row.eq(origin), p_win.eq(origin), p_toff.eq(0),
+                             p_dky.eq(geom["in_w"] - geom["kw"] + 1),
                              p_acc.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, -128, 0)),
                              p_rescale.eq(field(Op.POOL, "p_addr") != NO_PARAMS),
-                             param_i.eq(0), param_rec.eq(2),
+                             param_i.eq(0), param_rec.eq(2), param_r.eq(0), param_slot.eq(1),
                              param_words.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, 2,
-                                                (geom["kh"] * geom["kw"] + 1) * 2))]
+                                                (khkw + 1) * 2))]
                 with m.If(field(Op.POOL, "p_addr") == NO_PARAMS):
                     m.next = "POOL_RUN"
                 with m.Else():
@@ -679,8 +828,8 @@ class BackEnd(wiring.Component):
                 kind = field(Op.POOL, "kind")
                 is_max = kind == POOL_MAX
                 last_tap = (p_kx + 1 == geom["kw"]) & (p_ky + 1 == geom["kh"])
-                with m.If(p_elements == 0):
-                    with m.If(~rq.o_stream.valid & ~rq.i_stream.valid & (out_addr == field(Op.POOL, "dst") + geom["in_c"] * hw_out)):
+                with m.If(p_done):
+                    with m.If(rq_inflight == 0):
                         m.next = "FETCH"
                 with m.Elif(p_phase == 0):
                     # request the tap (a padded tap needs no read)
@@ -705,9 +854,9 @@ class BackEnd(wiring.Component):
                     with m.Else():
                         m.d.sync += p_phase.eq(0)
                         with m.If(p_kx + 1 == geom["kw"]):
-                            m.d.sync += [p_kx.eq(0), p_ky.eq(p_ky + 1)]
+                            m.d.sync += [p_kx.eq(0), p_ky.eq(p_ky + 1), p_toff.eq(p_toff + p_dky)]
                         with m.Else():
-                            m.d.sync += p_kx.eq(p_kx + 1)
+                            m.d.sync += [p_kx.eq(p_kx + 1), p_toff.eq(p_toff + 1)]
                 with m.Elif(p_phase == 3):
                     # the table entry for this window's element count is read next cycle
                     m.d.comb += [mult_rd.addr.eq(Mux(is_max, 0, p_count)),
@@ -738,25 +887,46 @@ class BackEnd(wiring.Component):
                                      unit_payload.lo.eq(lo_in), unit_payload.hi.eq(hi_in)]
                     with m.If(rq.i_stream.ready):
                         m.d.sync += [p_phase.eq(0), p_kx.eq(0), p_ky.eq(0), p_count.eq(0),
-                                     p_acc.eq(Mux(is_max, -128, 0)), p_elements.eq(p_elements - 1)]
+                                     p_toff.eq(0), p_acc.eq(Mux(is_max, -128, 0))]
                         with m.If(p_ox + 1 == geom["out_w"]):
-                            m.d.sync += p_ox.eq(0)
+                            m.d.sync += [p_ox.eq(0), p_xb.eq(0)]
                             with m.If(p_oy + 1 == geom["out_h"]):
-                                m.d.sync += [p_oy.eq(0), p_c.eq(p_c + 1)]
+                                m.d.sync += [p_oy.eq(0), p_c.eq(p_c + 1),
+                                             p_yb.eq(0),
+                                             p_chan0.eq(p_chan0 + hw_in), p_row.eq(p_chan0 + hw_in),
+                                             p_win.eq(p_chan0 + hw_in)]
+                                with m.If(p_c + 1 == geom["in_c"]):
+                                    m.d.sync += p_done.eq(1)
                             with m.Else():
-                                m.d.sync += p_oy.eq(p_oy + 1)
+                                m.d.sync += [p_oy.eq(p_oy + 1), p_yb.eq(sat(p_yb + geom["sh"])),
+                                             p_row.eq(p_row + sh_in), p_win.eq(p_row + sh_in)]
                         with m.Else():
-                            m.d.sync += p_ox.eq(p_ox + 1)
+                            m.d.sync += [p_ox.eq(p_ox + 1), p_xb.eq(sat(p_xb + geom["sw"])),
+                                         p_win.eq(p_win + geom["sw"])]
 
             # ---- ADD ------------------------------------------------------------------------
+            with m.State("ADD_SETUP"):
+                # zp_b * mult_b (low 32 bits) from 16-bit halves
+                m.d.sync += count("add_cycles")
+
+                def add_setup_done():
+                    m.next = "ADD_A"
+
+                zp_b, mult_b = field(Op.ADD, "zp_b").as_unsigned(), field(Op.ADD, "mult_b")
+                products([
+                    (zp_b[:16], mult_b[:16], lambda p: [zb.eq(p)]),
+                    (zp_b[:16], mult_b[16:], lambda p: [zb.eq(zb + (p << 16))]),
+                    (zp_b[16:], mult_b[:16], lambda p: [zb.eq(zb + (p << 16))]),
+                ], add_setup_done)
             with m.State("ADD_A"):
+                # (the elements' products and pushes run behind these states, see below)
                 m.d.sync += count("add_cycles")
                 with m.If(a_idx == field(Op.ADD, "length")):
-                    with m.If(~rq.o_stream.valid & ~rq.i_stream.valid
-                              & (out_addr == field(Op.ADD, "dst") + field(Op.ADD, "length"))):
+                    with m.If(~a_mul & ~a_push & (rq_inflight == 0)):
                         m.next = "FETCH"
                 with m.Else():
-                    m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx), count("scratch_reads")]
+                    m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx),
+                                 count("scratch_reads")]
                     m.next = "ADD_B"
             with m.State("ADD_B"):
                 m.d.sync += count("add_cycles")
@@ -765,19 +935,12 @@ class BackEnd(wiring.Component):
             with m.State("ADD_TAKE_A"):
                 m.d.sync += count("add_cycles")
                 m.d.sync += a_first.eq(s_rd.data - field(Op.ADD, "zp_a"))
-                m.next = "ADD_PUSH"
-            with m.State("ADD_PUSH"):
+                m.next = "ADD_TAKE_B"
+            with m.State("ADD_TAKE_B"):
                 m.d.sync += count("add_cycles")
-                m.d.comb += [unit_rq.eq(1),
-                             unit_payload.acc.eq(a_first * field(Op.ADD, "mult_a")
-                                                 + (s_rd.data - field(Op.ADD, "zp_b")) * field(Op.ADD, "mult_b")),
-                             unit_payload.multiplier.eq(1),
-                             unit_payload.shift.eq(field(Op.ADD, "shift")),
-                             unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
-                             unit_payload.lo.eq(field(Op.ADD, "lo")),
-                             unit_payload.hi.eq(field(Op.ADD, "hi"))]
-                with m.If(rq.i_stream.ready):
-                    m.d.sync += a_idx.eq(a_idx + 1)
+                with m.If(~a_mul):      # (the read port keeps b while the previous one waits)
+                    m.d.sync += [a_term.eq(a_first * field(Op.ADD, "mult_a")), b_val.eq(s_rd.data),
+                                 a_mul.eq(1), a_idx.eq(a_idx + 1)]
                     m.next = "ADD_A"
 
             # ---- RECV -----------------------------------------------------------------------
@@ -792,6 +955,22 @@ class BackEnd(wiring.Component):
                 m.d.sync += self.busy.eq(0)
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
+
+        # ADD's element pipeline behind its states: the cycle after ADD_TAKE_B forms b * mult_b
+        # and a_term - zb, the next pushes their sum (one element every four cycles).
+        with m.If(a_push):
+            m.d.comb += [unit_rq.eq(1),
+                         unit_payload.acc.eq(a_sum + b_term),
+                         unit_payload.multiplier.eq(1),
+                         unit_payload.shift.eq(field(Op.ADD, "shift")),
+                         unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
+                         unit_payload.lo.eq(field(Op.ADD, "lo")),
+                         unit_payload.hi.eq(field(Op.ADD, "hi"))]
+            with m.If(rq.i_stream.ready):
+                m.d.sync += a_push.eq(0)
+        with m.If(a_mul & (~a_push | rq.i_stream.ready)):
+            m.d.sync += [b_term.eq(b_val * field(Op.ADD, "mult_b")), a_sum.eq(a_term - zb),
+                         a_mul.eq(0), a_push.eq(1)]
 
         # The gatherer owns the scratchpad read port while a MATMUL runs.
         with m.If(g_active & ~g_full):

@@ -157,7 +157,7 @@ class GemmEngine(wiring.Component):
         m_reg = Signal.like(self.m)
         k_reg = Signal.like(self.k)
         zp = Signal.like(self.zero_point)
-        slots = Signal(range(max_slots + 1))          # P = max(M, rows, cols)
+        last_slot_no = Signal(range(max_slots + 1))   # P - 1, P = max(M, rows, cols)
 
         # --- issue-stage state ----------------------------------------------------------------
         issuing = Signal()
@@ -169,11 +169,17 @@ class GemmEngine(wiring.Component):
         n_tile = Signal(16)                           # N tiles started
         computed = Signal(16)                         # N tiles fully accumulated
         drained = Signal(16)                          # N tiles whose rows all left the banks
+        drained_1 = Signal(17)                        # drained + 1
         a_written = Signal(range(cfg.a_depth + 1))
         w_count = Signal(range(cfg.w_depth + 1))      # weight rows loaded and not yet read
         w_wr_addr = Signal(range(cfg.w_depth))
         w_rd_addr = Signal(range(cfg.w_depth))
         computing = Signal()
+        # Kept as registers so that the issue decision (go) is compares only, no adds before
+        # them: rows the first slot needs, a_base + min(M, rows), and a_base + slot.
+        rows_first = Signal(range(R + 1))
+        a_need0 = Signal(range(cfg.a_depth + R + 1))
+        a_slot = Signal(range(cfg.a_depth + max_slots + 1))
 
         counters = {name: getattr(self, name) for name in COUNTERS}
 
@@ -184,9 +190,11 @@ class GemmEngine(wiring.Component):
             m.d.sync += [
                 running.eq(1), issuing.eq(1),
                 m_reg.eq(self.m), k_reg.eq(self.k), zp.eq(self.zero_point),
-                slots.eq(Mux(self.m > max(R, C), self.m, max(R, C))),
+                last_slot_no.eq(Mux(self.m > max(R, C), self.m, max(R, C)) - 1),
                 slot.eq(0), k_left.eq(self.k), n_left.eq(self.n), first_k.eq(1), a_base.eq(0),
                 n_tile.eq(0), computed.eq(0), drained.eq(0), a_written.eq(0), w_count.eq(0),
+                drained_1.eq(1), rows_first.eq(Mux(self.m < R, self.m, R)),
+                a_need0.eq(Mux(self.m < R, self.m, R)), a_slot.eq(0),
                 w_wr_addr.eq(0), w_rd_addr.eq(0), computing.eq(0),
                 *(c.eq(0) for c in counters.values()),
             ]
@@ -212,18 +220,17 @@ class GemmEngine(wiring.Component):
         # --- issue stage --------------------------------------------------------------------
         last_k = k_left <= R
         last_n = n_left <= C
-        last_slot = slot == slots - 1
+        last_slot = slot == last_slot_no
         wave = slot < m_reg
         weight_row = slot < R
-        rows_first = Mux(m_reg < R, m_reg, R)
-        bank_free = ~first_k | (n_tile <= drained + 1)
-        ready_slot0 = (w_count >= R) & (a_written >= a_base + rows_first) & bank_free
-        ready_late = ~wave | (slot < R) | (a_written > a_base + slot)
+        bank_free = ~first_k | (n_tile <= drained_1)
+        ready_slot0 = (w_count >= R) & (a_written >= a_need0) & bank_free
+        ready_late = ~wave | (slot < R) | (a_written > a_slot)
         go = Signal()
         m.d.comb += go.eq(running & issuing & Mux(slot == 0, ready_slot0, ready_late))
 
         m.d.comb += [
-            a_rp.addr.eq(a_base + slot),
+            a_rp.addr.eq(a_slot),
             a_rp.en.eq(go),
             w_rp.addr.eq(w_rd_addr),
             w_rp.en.eq(go),
@@ -231,20 +238,27 @@ class GemmEngine(wiring.Component):
         with m.If(running & issuing & ~go):
             m.d.sync += count("stall_cycles")
         with m.If(go):
-            m.d.sync += slot.eq(slot + 1)
+            m.d.sync += [slot.eq(slot + 1), a_slot.eq(a_slot + 1)]
             with m.If(wave):
                 rows_used = Mux(k_left < R, k_left, R)
                 cols_used = Mux(n_left < C, n_left, C)
+                # rows_used * cols_used as shifts and adds (rows_used <= R): a count is not
+                # worth a multiplier, of which the iCE40 UP5K has eight
+                useful = sum(Mux(rows_used[i], cols_used << i, 0) for i in range(R.bit_length()))
                 m.d.sync += [count("busy_cycles"), count("a_reads"),
                              count("macs_issued", R * C),
-                             count("macs_useful", rows_used * cols_used)]
+                             count("macs_useful", useful)]
             with m.If(weight_row):
                 m.d.sync += [w_rd_addr.eq(w_rd_addr + 1), count("w_reads")]
             with m.If(last_slot):
-                m.d.sync += [slot.eq(0), first_k.eq(0), a_base.eq(a_base + m_reg),
+                next_base = Signal.like(a_base)
+                m.d.comb += next_base.eq(a_base + m_reg)
+                m.d.sync += [slot.eq(0), first_k.eq(0), a_base.eq(next_base),
+                             a_slot.eq(next_base), a_need0.eq(next_base + rows_first),
                              k_left.eq(k_left - R)]
                 with m.If(last_k):
-                    m.d.sync += [first_k.eq(1), a_base.eq(0), k_left.eq(k_reg),
+                    m.d.sync += [first_k.eq(1), a_base.eq(0), a_slot.eq(0),
+                                 a_need0.eq(rows_first), k_left.eq(k_reg),
                                  n_left.eq(n_left - C), n_tile.eq(n_tile + 1)]
                     with m.If(last_n):
                         m.d.sync += issuing.eq(0)
@@ -371,7 +385,7 @@ class GemmEngine(wiring.Component):
                     Mux(r_bank, rdata[1][c], rdata[0][c]) + r_bias[c])
             # The bank is free for reuse only once its last row has left the read ports.
             with m.If(r_last):
-                m.d.sync += drained.eq(drained + 1)
+                m.d.sync += [drained.eq(drained + 1), drained_1.eq(drained_1 + 1)]
         with m.If(self.o_stream.valid & self.o_stream.ready):
             m.d.sync += count("out_beats")
         with m.If(self.o_stream.valid & ~self.o_stream.ready):

@@ -1,14 +1,18 @@
 """The requantizer: the hardware form of ``sim/arith.py``'s contract.
 
 ``y = clamp(zero_point + ((acc * multiplier + 2**(shift-1)) >> shift), lo, hi)``, pipelined in
-three stages (multiply, round and shift, offset and clamp) behind a stream handshake. Every
+five stages (input register, partial products, product, round and shift, offset and clamp)
+behind a stream handshake. The input register keeps whatever selects the operands (the back
+end's drain muxes a result lane and reads a parameter memory) off the multiplier's path. The
+product is two unsigned 16 x 16 multiplies (one DSP each on iCE40 and ECP5) of the
+accumulator's halves, added in the next stage with the sign's correction. Every
 parameter travels with its accumulator, so per-channel multipliers, fused ReLU/ReLU6 bounds and
 zero points change from beat to beat at no cost.
 """
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Signal, signed, unsigned
+from amaranth import Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -42,9 +46,9 @@ class Requantizer(wiring.Component):
     i_stream : ``In(stream.Signature(requant_layout(acc_width)))``
         Accumulator with its multiplier, shift, output zero point and clamp bounds.
     o_stream : ``Out(stream.Signature(signed(8)))``
-        The int8 result, three cycles after its input when the output is not stalled.
+        The int8 result, five cycles after its input when the output is not stalled.
 
-    The three stages advance together whenever the last one is empty or being read, so a beat
+    The five stages advance together whenever the last one is empty or being read, so a beat
     per cycle flows at full rate and nothing is lost under backpressure.
     """
 
@@ -64,20 +68,40 @@ class Requantizer(wiring.Component):
         m.d.comb += advance.eq(~self.o_stream.valid | self.o_stream.ready)
         m.d.comb += self.i_stream.ready.eq(advance)
 
-        # Stage 1: the product (the one wide multiply).
+        # Stage 0: the operands, registered.
+        valid0 = Signal()
+        p0 = Signal(requant_layout(self.acc_width))
+        # Stage 1: partial products of the accumulator's unsigned halves. With
+        # acc = hi * 2**split + lo - neg * 2**acc_width (two's complement), the product is
+        # lo * mult + (hi * mult << split) - (neg ? mult << acc_width : 0).
+        split = min(16, self.acc_width)
+        validp = Signal()
+        lo_product = Signal(split + MULTIPLIER_BITS)
+        hi_product = Signal(self.acc_width - split + MULTIPLIER_BITS)
+        negative = Signal()
+        pp = Signal(requant_layout(self.acc_width))
+        # Stage 2: the product.
         valid1 = Signal()
         product = Signal(signed(width))
         p1 = Signal(requant_layout(self.acc_width))
-        # Stage 2: rounding and the arithmetic shift.
+        # Stage 3: rounding and the arithmetic shift.
         valid2 = Signal()
         shifted = Signal(signed(width))
         p2 = Signal(requant_layout(self.acc_width))
 
         with m.If(advance):
             m.d.sync += [
-                valid1.eq(self.i_stream.valid),
-                product.eq(self.i_stream.payload.acc * self.i_stream.payload.multiplier),
-                p1.eq(self.i_stream.payload),
+                valid0.eq(self.i_stream.valid),
+                p0.eq(self.i_stream.payload),
+                validp.eq(valid0),
+                lo_product.eq(p0.acc.as_unsigned()[:split] * p0.multiplier),
+                hi_product.eq(p0.acc.as_unsigned()[split:] * p0.multiplier),
+                negative.eq(p0.acc[-1]),
+                pp.eq(p0),
+                valid1.eq(validp),
+                product.eq(lo_product + (hi_product << split)
+                           - Mux(negative, pp.multiplier << self.acc_width, 0)),
+                p1.eq(pp),
                 valid2.eq(valid1),
                 p2.eq(p1),
                 self.o_stream.valid.eq(valid2),
@@ -87,7 +111,7 @@ class Requantizer(wiring.Component):
             half = Signal(unsigned(width))
             m.d.comb += half.eq((Const(1, 1) << p1.shift)[1:])
             m.d.sync += shifted.eq((product + half) >> p1.shift)
-            # Stage 3: offset by the zero point and clamp (this also saturates to int8).
+            # Stage 4: offset by the zero point and clamp (this also saturates to int8).
             value = Signal(signed(width + 1))
             m.d.comb += value.eq(shifted + p2.zero_point)
             with m.If(value < p2.lo):

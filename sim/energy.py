@@ -33,3 +33,19 @@ def energy_pj(counts: Mapping[str, int | float]) -> dict[str, float]:
     breakdown = {name: float(n) * table[name] for name, n in counts.items()}
     breakdown["total"] = sum(breakdown.values())
     return breakdown
+
+
+def buffer_words(config, counters: Mapping[str, int]) -> dict[str, float]:
+    """The GEMM engine's buffer accesses as 32-bit SRAM words: ``{"sram_read32",
+    "sram_write32"}`` from the counters ``a_reads`` ... ``acc_writes`` (entries of ``rows`` int8
+    activations, ``cols`` weights and one accumulator, converted by their width) of a
+    :class:`~hoarfrost.hw.config.BackendConfig` ``config``."""
+    a_words = config.rows * config.act_bits / 32
+    w_words = config.cols * config.weight_bits / 32
+    acc_words = config.acc_width / 32
+    return {
+        "sram_read32": (counters["a_reads"] * a_words + counters["w_reads"] * w_words
+                        + counters["acc_reads"] * acc_words),
+        "sram_write32": (counters["a_writes"] * a_words + counters["w_writes"] * w_words
+                         + counters["acc_writes"] * acc_words),
+    }

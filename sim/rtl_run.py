@@ -19,6 +19,10 @@ counter                events
                        padding included: it toggles the multiplier all the same)
 ``scratch_reads``      ``sram_read32`` per 4 bytes (the counter counts bytes)
 ``scratch_writes``     ``sram_write32`` per 4 bytes
+``a_reads`` ...        the GEMM engine's buffer accesses (``a_``, ``w_``, ``acc_reads`` and
+``acc_writes``         ``_writes``): ``sram_read32`` / ``sram_write32`` per 32 bits of the
+                       entries (:func:`hoarfrost.sim.energy.buffer_words`)
+``param_writes``       one ``sram_write32`` each (32-bit words)
 ``dram_read_bytes``    ``dram_read32`` per 4 bytes (firmware, weights, parameters, input)
 ``dram_write_bytes``   ``dram_write32`` per 4 bytes (the output)
 =====================  ================================================================
@@ -27,7 +31,7 @@ The frozen block's events per image (adders switched, registers written), counte
 structure by :func:`hoarfrost.gen.freeze.frame_events` when OUT was compiled (the manifest's
 ``frozen.frame_events``), are added.
 
-Not priced: registers, control, the GEMM engine's own buffers (no counters for them yet).
+Not priced: registers, control and the parameter buffers' reads (no counter for them).
 """
 
 from __future__ import annotations
@@ -53,13 +57,17 @@ class SimulationFailed(RuntimeError):
     """The RTL did not finish a batch (no ``END`` in time, or the simulator crashed)."""
 
 
-def energy_events(counters: dict) -> dict[str, float]:
-    """The energy events of one run (see the module docstring for the mapping)."""
+def energy_events(counters: dict, config) -> dict[str, float]:
+    """The energy events of one run on a back end of :class:`BackendConfig` ``config`` (see the
+    module docstring for the mapping)."""
+    from hoarfrost.sim.energy import buffer_words
+    buffers = buffer_words(config, counters)
     return {
         "mul8": counters["macs_issued"],
         "add32": counters["macs_issued"],
-        "sram_read32": counters["scratch_reads"] / 4,
-        "sram_write32": counters["scratch_writes"] / 4,
+        "sram_read32": counters["scratch_reads"] / 4 + buffers["sram_read32"],
+        "sram_write32": (counters["scratch_writes"] / 4 + buffers["sram_write32"]
+                         + counters["param_writes"]),
         "dram_read32": counters["dram_read_bytes"] / 4,
         "dram_write32": counters["dram_write_bytes"] / 4,
     }
@@ -304,8 +312,10 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
                  for r in records]
     layers = [{**row, "cycles": float(np.mean([p[j]["cycles"] for p in per_layer]))}
               for j, row in enumerate(per_layer[0])]
-    events = {k: float(np.mean([energy_events(r)[k] for r in records]))
-              for k in energy_events(records[0])}
+    from hoarfrost.gen.config import HardwareConfig
+    backend = HardwareConfig.from_json(manifest["config"]).backend
+    events = {k: float(np.mean([energy_events(r, backend)[k] for r in records]))
+              for k in energy_events(records[0], backend)}
     for name, n in (manifest.get("frozen") or {}).get("frame_events", {}).items():
         events[name] = events.get(name, 0.0) + n
     energy = energy_pj(events)

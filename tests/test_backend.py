@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from hoarfrost.firmware.isa import NO_PARAMS, POOL_MAX, Command, Op
 from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
 from hoarfrost.gen.freeze import output_tensor
 from hoarfrost.gen.ir import split_graph
 from hoarfrost.gen.outdir import frozen_partition
-from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator
 from hoarfrost.gen.quantize import quantize
-from hoarfrost.firmware.isa import Op
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.sim.backend_host import amaranth_dram, dram_image, read_output
@@ -28,13 +28,15 @@ SMALL = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=32)
 
 
 def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16, seed=0,
-                stall_prob=0.0, max_cycles=50_000, streamed=False, idle_prob=0.0, freeze=0):
+                stall_prob=0.0, max_cycles=50_000, streamed=False, idle_prob=0.0, freeze=0,
+                edit=None):
     """Compile ``qgraph``, run it on the back end in amaranth.sim; (output, counters, program).
 
     ``streamed``: the input ``x_int8`` (C, H, W) arrives on ``feature_in`` (``RECV``), sent
     pixel by pixel with random idle cycles ``idle_prob``, instead of from DRAM. ``freeze``: the
     :class:`Accelerator` with ``qgraph``'s first ``freeze`` convolutions frozen in front of the
-    back end, the image ``x_int8`` streamed into its ``pixels`` port the same way."""
+    back end, the image ``x_int8`` streamed into its ``pixels`` port the same way.
+    ``edit(commands)`` may rewrite the firmware before it runs."""
     limits = CompileLimits.for_backend(config, scratch_bytes, param_depth)
     counters = BACKEND_COUNTERS
     if freeze:
@@ -47,6 +49,8 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
         dut = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
                       stream_channels=x_int8.shape[0] if streamed else 0)
         port = dut.feature_in if streamed else None
+    if edit is not None:
+        program.commands = edit(program.commands)
     dram, firmware_addr = dram_image(program, x_int8)
     result = {}
 
@@ -81,6 +85,34 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
     sim.add_testbench(host)
     sim.run()
     return read_output(program, dram), result, program
+
+
+def expected_counters(program, config):
+    """The counters the firmware alone determines: scratchpad writes (bytes loaded plus results
+    written), parameter words loaded, and the engine's MACs and buffer accesses (the cycle
+    model's event counts, exact, summed over the MATMULs)."""
+    from hoarfrost.sim.cycle_model import predict_gemm
+    names = ("macs_issued", "a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes")
+    counts = dict.fromkeys(("scratch_writes", "param_writes", *names), 0)
+    geom = None
+    for c in program.commands:
+        if c.op == Op.GEOM:
+            geom = c
+        elif c.op == Op.LOAD:
+            counts["scratch_writes"] += c.length
+        elif c.op == Op.ADD:
+            counts["scratch_writes"] += c.length
+        elif c.op == Op.POOL:
+            counts["scratch_writes"] += geom.in_c * geom.out_h * geom.out_w
+            if c.p_addr != NO_PARAMS:
+                counts["param_writes"] += 2 if c.kind == POOL_MAX else (geom.kh * geom.kw + 1) * 2
+        elif c.op == Op.MATMUL:
+            counts["scratch_writes"] += c.mt * c.nt
+            counts["param_writes"] += 3 * c.nt
+            gemm = predict_gemm(config, c.mt, c.nt, c.cg * geom.kh * geom.kw)
+            for name in names:
+                counts[name] += getattr(gemm, name)
+    return counts
 
 
 def tiny_network(seed, pool, residual, depthwise):
@@ -120,6 +152,10 @@ def test_tiny_networks_run_bit_exact(seed, pool, residual, depthwise, stall):
         int(l.weight_q.size * (np.prod(qgraph.shapes[l.output][1:]) if l.op == "conv" else 1))
         for l in qgraph.layers if l.op in ("conv", "dense"))
     assert counters["dram_write_bytes"] == 3
+    expected = expected_counters(program, SMALL)
+    assert {name: counters[name] for name in expected} == expected
+    stores = sum(c.length for c in program.commands if c.op == Op.STORE)
+    assert counters["scratch_reads"] > stores
     assert counters["cycles"] >= counters["matmul_cycles"] + counters["pool_cycles"] + counters["add_cycles"]
 
 
@@ -149,3 +185,79 @@ def test_recv_takes_the_frozen_layers_output_from_the_feature_stream(idle_prob, 
     # the input came from the stream, not DRAM: every byte read is firmware or weights
     assert counters["dram_read_bytes"] <= len(program.image) + 4 * sum(
         1 + len(c.fields) for c in program.commands)
+
+
+def split_mid_row(commands, at):
+    """The firmware with each layer's MATMULs (over all its pixels) re-split into pixels
+    ``0..at-1`` and ``at..``: the ISA allows any m0, the compiler splits at whole rows."""
+    out, pixels = [], {}
+    for c in commands:
+        if c.op == Op.MATMUL:
+            pixels[(c.dst, c.n0)] = pixels.get((c.dst, c.n0), 0) + c.mt
+    for c in commands:
+        if c.op == Op.MATMUL and c.m0 == 0:
+            fields, total = dict(c.fields), pixels[(c.dst, c.n0)]
+            out.append(Command.make(Op.MATMUL, **{**fields, "mt": at}))
+            out.append(Command.make(Op.MATMUL, **{**fields, "m0": at, "mt": total - at}))
+        elif c.op != Op.MATMUL:
+            out.append(c)
+    return out
+
+
+def test_strided_dilated_padded_conv_split_mid_row_runs_bit_exact():
+    """Stride, dilation and asymmetric padding, with the MATMUL split at pixel 25 of 6 x 7
+    (oy0 = 3, ox0 = 4): the gatherer's and the write pointer's running addresses against the
+    golden model; then a padded 3 x 3 max pool and an average pool counting the padding."""
+    b = ModelBuilder((2, 13, 10), seed=4)
+    b.conv(2, 3, 3, (2, 1), (2, 1, 1, 0), dilation=2)
+    b.relu()
+    b.op("MaxPool", [b.last], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    b.op("AveragePool", [b.last], kernel_shape=[2, 3], strides=[1, 1], pads=[0, 1, 1, 1],
+         count_include_pad=1)
+    rng = np.random.default_rng(4)
+    qgraph = quantize(import_onnx_bytes(b.finish()),
+                      rng.normal(0, 1, (16, 2, 13, 10)).astype(np.float32), 8)
+    assert tuple(qgraph.shapes[qgraph.layers[0].output]) == (3, 6, 7)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 13, 10)).astype(np.float32))
+    out, counters, program = run_backend(qgraph, x[0], stall_prob=0.2, seed=4,
+                                         edit=lambda cs: split_mid_row(cs, 25))
+    assert [(c.m0, c.mt) for c in program.commands if c.op == Op.MATMUL] == [(0, 25), (25, 17)]
+    assert np.array_equal(out, run_int(qgraph, x)[0])
+    assert counters["commands"] == len(program.commands)
+    expected = expected_counters(program, SMALL)
+    assert {name: counters[name] for name in expected} == expected
+
+
+def test_window_positions_past_every_bound_read_as_padding():
+    """A 1x1 convolution re-targeted by hand to 8 output rows at row stride 40,000: only row 0
+    lies inside the 4 x 4 input, row 7 starts at 280,000, past where the gatherer's position
+    sums saturate (2**18); every other row is all padding, so its outputs are the requantized
+    bias. Row 0 is the network's own."""
+    import struct
+    from hoarfrost.sim.arith import requantize
+    b = ModelBuilder((1, 4, 4), seed=9)
+    b.conv(1, 2, 1)
+    rng = np.random.default_rng(9)
+    qgraph = quantize(import_onnx_bytes(b.finish()),
+                      rng.normal(0, 1, (16, 1, 4, 4)).astype(np.float32), 8)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 1, 4, 4)).astype(np.float32))
+
+    def far_rows(commands):
+        out = []
+        for c in commands:
+            if c.op == Op.GEOM:
+                c = Command.make(Op.GEOM, **{**dict(c.fields), "out_h": 8, "sh": 40_000})
+            elif c.op == Op.MATMUL:
+                c = Command.make(Op.MATMUL, **{**dict(c.fields), "m0": 0, "mt": 32})
+            out.append(c)
+        return out
+
+    out, counters, program = run_backend(qgraph, x[0], edit=far_rows)
+    mm = next(c for c in program.commands if c.op == Op.MATMUL)
+    bias, mult, shift = struct.unpack_from("<iII", program.image, mm.p_addr)
+    padding = int(requantize(bias, mult, shift, mm.zp_out, mm.lo, mm.hi))
+    # the 32 bytes stored are channel 0's 8 rows of 4
+    stored = out.reshape(-1)
+    assert np.array_equal(stored[:4], run_int(qgraph, x)[0][0, 0])
+    assert np.all(stored[4:] == padding)
+    assert counters["scratch_reads"] == 4 + 32      # row 0's taps, then the STORE

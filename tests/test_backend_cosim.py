@@ -51,8 +51,11 @@ def test_example_models_on_the_back_end_rtl(examples, model, tmp_path):
     macs = sum(int(l.weight_q.size * (np.prod(qgraph.shapes[l.output][1:]) if l.op == "conv" else 1))
                for l in qgraph.layers if l.op in ("conv", "dense"))
     traffic = dram_traffic(program, CONFIG.rows, CONFIG.cols)
+    from test_backend import expected_counters
+    expected = expected_counters(program, CONFIG)
     for c in counters:
         assert c["commands"] == len(program.commands)
+        assert {name: c[name] for name in expected} == expected
         assert c["macs_useful"] == macs
         assert c["dram_write_bytes"] == traffic["written_bytes"] == 10
         # the compiler's traffic report is what the RTL moves, firmware fetch included

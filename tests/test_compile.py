@@ -358,9 +358,13 @@ def test_per_command_cycles_map_to_layers():
 
 def test_energy_events_from_counters():
     counters = {"macs_issued": 100, "scratch_reads": 40, "scratch_writes": 8,
-                "dram_read_bytes": 400, "dram_write_bytes": 12}
-    assert energy_events(counters) == {"mul8": 100, "add32": 100, "sram_read32": 10,
-                                       "sram_write32": 2, "dram_read32": 100, "dram_write32": 3}
+                "dram_read_bytes": 400, "dram_write_bytes": 12, "param_writes": 6,
+                "a_reads": 10, "a_writes": 5, "w_reads": 8, "w_writes": 4,
+                "acc_reads": 3, "acc_writes": 7}
+    # ICEBREAKER: a entries 2 x int8 (1/2 word), w entries 2 x int8 (1/2), acc words int32
+    assert energy_events(counters, ICEBREAKER) == {
+        "mul8": 100, "add32": 100, "sram_read32": 10 + 5 + 4 + 3,
+        "sram_write32": 2 + 2.5 + 2 + 7 + 6, "dram_read32": 100, "dram_write32": 3}
 
 
 def test_debug_firmware_stores_every_layer_output(examples, cnn_out):

@@ -57,7 +57,7 @@ def test_requantizer_matches_the_contract_under_backpressure(seed, idle, stall):
     assert got == [expected(b) for b in beats]
 
 
-def test_requantizer_streams_one_beat_per_cycle_with_three_cycle_latency():
+def test_requantizer_streams_one_beat_per_cycle_with_five_cycle_latency():
     dut = Requantizer()
     beats = random_beats(7, 50)
     accepted, received = [], []
@@ -84,4 +84,4 @@ def test_requantizer_streams_one_beat_per_cycle_with_three_cycle_latency():
     sim.run_until(1e-6 * 100)
     assert [v for _, v in received] == [expected(b) for b in beats]
     assert np.all(np.diff(accepted) == 1) and np.all(np.diff([c for c, _ in received]) == 1)
-    assert received[0][0] - accepted[0] == 3
+    assert received[0][0] - accepted[0] == 5

@@ -198,3 +198,37 @@ def test_bench_synth_reports_the_flow_figures_in_json(capsys, monkeypatch):
     assert s["min_fmax_mhz"] == pytest.approx(63.04, abs=0.01) and s["timing_met"] is True
     assert s["utilization"]["ICESTORM_LC"]["used"] == 191
     assert "cycles" not in summary                                  # --no-sim
+
+
+@pytest.mark.parametrize("target, preset", [("ecp5", "ulx3s-85f"), ("ice40", "icebreaker")])
+def test_bench_synth_backend_is_the_boards_configuration(capsys, monkeypatch, target, preset):
+    # --backend builds the BackEnd with the board preset's scratchpad and parameter buffers.
+    import hoarfrost.gen.synth as synth
+    from hoarfrost.gen.cli import main
+    from hoarfrost.gen.config import PRESETS
+    from hoarfrost.hw.backend import BackEnd
+
+    pnr = parse_nextpnr_report(ICE40_REPORT)
+    stat = parse_yosys_stat(ICE40_STAT, "ice40", "top")
+    seen = {}
+
+    def fake(component, target, freq_mhz, **kwargs):
+        component._MustUse__silence = True          # not elaborated here
+        seen.update(component=component)
+        return synth.SynthResult(
+            target=target, top="top", freq_mhz=freq_mhz, luts=stat["luts"], ffs=stat["ffs"],
+            dsps=stat["dsps"], brams=stat["brams"], lutram=0, cells=stat["cells"],
+            utilization=pnr["utilization"], fmax_mhz=pnr["fmax_mhz"], timing_met=True,
+            critical_path=pnr["critical_path"], shell={}, yosys_seconds=1.0,
+            nextpnr_seconds=2.0)
+
+    monkeypatch.setattr(synth, "synthesize_component", fake)
+    board = PRESETS[preset]
+    rows = board.backend.rows
+    assert main(["bench", "gemm", "--rows", str(rows), "--cols", str(rows), "--synth", target,
+                 "--backend", "--no-sim", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    design = seen["component"]
+    assert isinstance(design, BackEnd) and design.config == board.backend
+    assert (design.scratch_bytes, design.param_depth) == (board.scratch_bytes, board.param_depth)
+    assert summary["synth"]["design"] == "BackEnd"
