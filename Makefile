@@ -19,8 +19,9 @@ DIGITS := --inputs $(EX)/digits_test_x.npy --labels $(EX)/digits_test_y.npy
 
 # The main job on the bundled example: look at the CNN, measure its float accuracy, quantize it
 # (8 and 4-bit weights) and run the integer golden model against onnxruntime on the test split;
-# then compile the CNN for the accelerator (back end only so far) and run 20 test images through
-# its RTL in Verilator, each output checked against the golden model.
+# then compile the CNN for the ULX3S configuration (8x8 array), run 100 test images through the
+# accelerator's RTL in Verilator (every output checked against the golden model), build the
+# ULX3S bitstream with the YoWASP tools, and write the HTML report.
 demo: $(STAMP)
 	@mkdir -p out
 	$(BIN)/hoarfrost inspect $(EX)/digits_cnn.onnx
@@ -31,8 +32,10 @@ demo: $(STAMP)
 	$(BIN)/hoarfrost predict out/digits_cnn_q4.onnx $(DIGITS) --check-onnxruntime
 	$(BIN)/hoarfrost inspect $(EX)/digits_mlp.onnx
 	$(BIN)/hoarfrost predict $(EX)/digits_mlp.onnx $(DIGITS) --calib $(EX)/digits_calib.npy --check-onnxruntime
-	$(BIN)/hoarfrost compile $(EX)/digits_cnn.onnx --calib $(EX)/digits_calib.npy -o out/digits_cnn_hw --force
-	$(BIN)/hoarfrost sim out/digits_cnn_hw $(DIGITS) --limit 20
+	$(BIN)/hoarfrost compile $(EX)/digits_cnn.onnx --calib $(EX)/digits_calib.npy --config ulx3s-85f -o out/digits_cnn_hw --force
+	$(BIN)/hoarfrost sim out/digits_cnn_hw $(DIGITS) --limit 100
+	$(BIN)/hoarfrost build out/digits_cnn_hw --board ulx3s-85f
+	$(BIN)/hoarfrost report out/digits_cnn_hw
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q

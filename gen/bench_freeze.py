@@ -203,7 +203,8 @@ def measure_backend(graph, layers: int, image: np.ndarray, out: Path, manifest: 
         raise HoarfrostError(f"the back end's output of the frozen layers differs from the "
                              f"golden model at {int((got != want).sum())} of {got.size} values")
     counters = {k: v for k, v in record.items() if k not in ("output", "command_starts")}
-    events = energy_events(counters)
+    from hoarfrost.gen.config import HardwareConfig
+    events = energy_events(counters, HardwareConfig.from_json(manifest["config"]).backend)
     energy = energy_pj(events)
     d = manifest["dram"]
     # The frame's own transfers: the frozen block takes its input and gives its output as
@@ -367,9 +368,10 @@ def _energy_lines(e: dict) -> list[str]:
             f"  frozen vs programmable without the frame's input/output (the frozen block "
             f"streams those): {_nj(e['programmable_without_frame_io'])} nJ, "
             f"{e['ratio']:.1f}x lower",
-            f"  frozen vs programmable on chip only (MACs + scratchpad, no DRAM): "
-            f"{_nj(e['programmable_on_chip'])} nJ, {e['ratio_on_chip']:.1f}x lower (the back "
-            f"end's registers, control and GEMM buffers have no counters and are not priced)"]
+            f"  frozen vs programmable on chip only (MACs, scratchpad, GEMM and parameter "
+            f"buffers; no DRAM): {_nj(e['programmable_on_chip'])} nJ, "
+            f"{e['ratio_on_chip']:.1f}x lower (the back end's registers and control have no "
+            f"counters and are not priced)"]
     lines.append(f"  analytic estimate of the programmable back end (no RTL: each MAC mul8 + "
                  f"add32, every weight and activation read from SRAM per use): "
                  f"{_nj(est['total'])} nJ, {e['ratio_estimate']:.1f}x")

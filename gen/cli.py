@@ -321,6 +321,9 @@ def cmd_sim(args) -> int:
         print(f"hoarfrost: sim: {exc}", file=sys.stderr)
         return 1
     emit(args, summary, text)
+    # kept next to the build for `hoarfrost report`
+    from hoarfrost.gen.qdq import write_atomically
+    write_atomically(out / "sim.json", (json.dumps(summary, indent=1) + "\n").encode())
     if mismatch:
         print(f"hoarfrost: sim: {mismatch}", file=sys.stderr)
         return 1
