@@ -101,8 +101,9 @@ def write_report(out: Path, target: Path) -> list[str]:
     made, missing, sections = [], [], []
 
     if sim:
+        # the simulation's rows: the layers, plus the input load and output store around them
         _bar_chart(target / "cycles.png", f"cycles per layer (mean of {sim['images']} images, "
-                   "RTL in Verilator)", names,
+                   "RTL in Verilator)", [_short(row["name"]) for row in sim["layers"]],
                    {"measured": [row["cycles"] for row in sim["layers"]],
                     **({"model": [row["predicted_cycles"] for row in sim["layers"]]}
                        if all("predicted_cycles" in row for row in sim["layers"]) else {})},

@@ -6,9 +6,11 @@ The Verilog of OUT/backend.v (or accelerator.v, with a frozen front end) is buil
 is read back from the DRAM model and compared here with the integer golden model of
 OUT/model_q.onnx (the whole graph, frozen layers included). The testbench returns the back
 end's counters and a per-command cycle trace; the manifest's layer table turns the trace into
-cycles per layer. With a frozen front end the image streams into the frozen block pixel by
-pixel, and the frozen layers are one entry: the cycles of the firmware's ``RECV``, from its
-start until the frozen block's last output pixel is in the scratchpad.
+cycles per layer, printed beside the analytic cycle model's
+(:mod:`hoarfrost.sim.sequencer_model`, exact for a DRAM without stalls) and its error. With
+a frozen front end the image streams into the frozen block pixel by pixel, and the frozen
+layers are one entry: the cycles of the firmware's ``RECV``, from its start until the frozen
+block's last output pixel is in the scratchpad.
 
 Energy per inference prices the counters with :func:`hoarfrost.sim.energy.energy_pj`:
 
@@ -48,7 +50,8 @@ from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.hw.accelerator import FROZEN_COUNTERS
 
 __all__ = ["TESTBENCH", "SimulationFailed", "energy_events", "command_cycles", "layer_cycles",
-           "dram_for", "run_images", "debug_program", "first_bad_layer", "simulate"]
+           "predicted_layer_cycles", "dram_for", "run_images", "debug_program",
+           "first_bad_layer", "simulate"]
 
 TESTBENCH = "hoarfrost.sim.tb.backend_tb"
 
@@ -101,6 +104,21 @@ def layer_cycles(manifest: dict, per_command: list[int]) -> list[dict]:
     rows.append({"name": "(store output)", "op": "store", "commands": 3,
                  "cycles": sum(per_command[tail:])})
     return rows
+
+
+def predicted_layer_cycles(manifest: dict, firmware: bytes, backend) -> list[dict]:
+    """:func:`layer_cycles` of the cycle model's prediction
+    (:func:`hoarfrost.sim.sequencer_model.predict_program`) for OUT's firmware on a back end
+    of :class:`BackendConfig` ``backend``, with a DRAM that does not stall. Behind a frozen
+    front end the first row (its ``RECV``) assumes each of the front end's pixels is there when
+    the back end can take it: exact when the back end's one lane a cycle is the bound (or the
+    front end ran ahead on the previous image of a batch), a lower bound when the back end
+    waits for the front end to fill (the first image of a batch behind a deep front end)."""
+    from hoarfrost.sim.sequencer_model import predict_program
+    frozen = manifest.get("frozen")
+    per_command = predict_program(firmware, backend,
+                                  stream_channels=frozen["output_channels"] if frozen else 0)
+    return layer_cycles(manifest, per_command)
 
 
 def dram_for(manifest: dict, weights: bytes, firmware: bytes, x: np.ndarray) -> np.ndarray:
@@ -310,10 +328,12 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
     cycles = [r["cycles"] for r in records]
     per_layer = [layer_cycles(manifest, command_cycles(r["command_starts"], r["cycles"]))
                  for r in records]
-    layers = [{**row, "cycles": float(np.mean([p[j]["cycles"] for p in per_layer]))}
-              for j, row in enumerate(per_layer[0])]
     from hoarfrost.gen.config import HardwareConfig
     backend = HardwareConfig.from_json(manifest["config"]).backend
+    predicted = predicted_layer_cycles(manifest, firmware, backend)
+    layers = [{**row, "cycles": float(np.mean([p[j]["cycles"] for p in per_layer])),
+               "predicted_cycles": model["cycles"]}
+              for j, (row, model) in enumerate(zip(per_layer[0], predicted))]
     events = {k: float(np.mean([energy_events(r, backend)[k] for r in records]))
               for k in energy_events(records[0], backend)}
     for name, n in (manifest.get("frozen") or {}).get("frame_events", {}).items():
@@ -325,6 +345,8 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
         "out": str(out), "images": len(rtl), "matches_golden": mismatch is None,
         "mismatch": mismatch, "cycles": cycles, "total_cycles": int(sum(cycles)),
         "mean_cycles": mean_cycles, "clock_mhz": clock,
+        "predicted_cycles": sum(row["predicted_cycles"] for row in layers),
+        "dram_stall": stall_prob,
         "latency_us": mean_cycles / clock, "verilator_cache_hit": cache_hit,
         "build_seconds": build_seconds, "sim_seconds": sim_seconds,
         "sim_cycles_per_second": sum(cycles) / sim_seconds if sim_seconds else None,
@@ -350,6 +372,11 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
     return summary, _text(summary, manifest), mismatch
 
 
+def _error(predicted: float, measured: float) -> str:
+    """The model's error against the RTL, in percent of the RTL's cycles."""
+    return f"{100 * (predicted - measured) / measured:+.1f}%" if measured else "-"
+
+
 def _text(s: dict, manifest: dict) -> str:
     cfg = manifest["config"]
     b = cfg["backend"]
@@ -368,11 +395,18 @@ def _text(s: dict, manifest: dict) -> str:
     build = ("cached" if s["verilator_cache_hit"] else f"{s['build_seconds']:.0f} s")
     lines.append(f"simulation: {s['total_cycles']} cycles in {s['sim_seconds']:.1f} s = "
                  f"{speed:,.0f} simulated cycles/s (Verilator build {build})")
-    lines.append(f"{'layer':<28} {'op':<8} {'cmds':>4} {'cycles':>10} {'share':>6}")
+    lines.append(f"cycle model: {s['predicted_cycles']} cycles per image, "
+                 f"{_error(s['predicted_cycles'], s['mean_cycles'])} against the RTL"
+                 + (f" (the model assumes a DRAM without stalls; this run stalled it with "
+                    f"probability {s['dram_stall']:g})" if s["dram_stall"] else ""))
+    lines.append(f"{'layer':<28} {'op':<8} {'cmds':>4} {'cycles':>10} {'share':>6} "
+                 f"{'model':>10} {'error':>7}")
     for row in s["layers"]:
         share = row["cycles"] / s["mean_cycles"] if s["mean_cycles"] else 0
+        model = row["predicted_cycles"]
         lines.append(f"{row['name'][:28]:<28} {row['op']:<8} {row['commands']:>4} "
-                     f"{row['cycles']:>10.0f} {100 * share:>5.1f}%")
+                     f"{row['cycles']:>10.0f} {100 * share:>5.1f}% "
+                     f"{model:>10} {_error(model, row['cycles']):>7}")
     e = s["energy_pj"]
     lines.append(f"energy per inference: {e['total'] / 1000:.2f} nJ ({s['energy_source']}): "
                  + ", ".join(f"{k} {v / 1000:.2f} nJ" for k, v in e.items() if k != "total"))

@@ -41,7 +41,13 @@ def test_simulation_and_build_results_are_plotted(capsys, compiled, tmp_path):
     shutil.copytree(compiled, out)
     manifest = json.loads((out / "manifest.json").read_text())
     layers = [{"name": l["name"], "op": l["op"], "commands": l["commands"],
-               "cycles": 100.0 * (i + 1)} for i, l in enumerate(manifest["layers"])]
+               "cycles": 100.0 * (i + 1), "predicted_cycles": 100.0 * (i + 1)}
+              for i, l in enumerate(manifest["layers"])]
+    # as `sim` writes them: the input's load and the output's store are rows of their own
+    layers = [{"name": "(load input)", "op": "load", "commands": 1, "cycles": 90.0,
+               "predicted_cycles": 90.0}, *layers,
+              {"name": "(store output)", "op": "store", "commands": 3, "cycles": 49.0,
+               "predicted_cycles": 49.0}]
     sim = {"images": 3, "layers": layers, "mean_cycles": 1500.0, "matches_golden": True,
            "energy_pj": {"mac": 1000.0, "dram": 3000.0, "total": 4000.0},
            "energy_source": "test table", "accuracy": 2 / 3, "correct": 2}

@@ -56,6 +56,9 @@ def test_sim_cnn_equals_golden_with_cycles_per_layer(capsys, examples, compiled)
     names = [r["name"] for r in s["layers"]]
     assert names == ["(load input)", *(l["name"] for l in manifest["layers"]), "(store output)"]
     assert all(r["cycles"] > 0 for r in s["layers"] if r["op"] != "reshape")
+    # the analytic cycle model beside the RTL: within 5% on every layer (exact without stalls)
+    assert all(abs(r["predicted_cycles"] - r["cycles"]) <= 0.05 * r["cycles"] for r in s["layers"])
+    assert s["predicted_cycles"] == sum(r["predicted_cycles"] for r in s["layers"])
     # the counters behind energy and DRAM figures
     assert s["macs_useful"] == manifest["macs"] == 23680
     assert s["dram_write_bytes"] == 10
@@ -68,6 +71,11 @@ def test_sim_cnn_equals_golden_with_cycles_per_layer(capsys, examples, compiled)
     golden = run_int(import_onnx(out / "model_q.onnx"), np.load(examples / "digits_test_x.npy")[:3])
     assert s["predicted"] == golden.argmax(axis=1).tolist()
     assert "simulated 2/3 images" in err and "simulated 3/3 images" in err
+    # the summary is kept for `hoarfrost report`, which plots it with the model beside it
+    assert json.loads((out / "sim.json").read_text()) == s
+    assert run(capsys, "report", out)[0] == 0
+    assert (out / "report" / "cycles.png").is_file()
+    assert "hoarfrost sim" not in (out / "report" / "index.html").read_text()
 
 
 def test_sim_mlp_reports_accuracy(capsys, examples, compiled):

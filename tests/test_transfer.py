@@ -10,6 +10,7 @@ the head, on the programmable back end, changes.
 """
 
 import importlib.util
+import json
 
 import numpy as np
 import onnx
@@ -129,3 +130,35 @@ def test_train_heads_rewrites_the_committed_models(examples, tmp_path, capsys):
             head_path(examples, name).read_bytes()
     out = capsys.readouterr().out
     assert "8-bit golden 352/360" in out and "8-bit golden 349/360" in out
+
+
+@pytest.mark.cosim
+def test_both_heads_run_on_one_frozen_build(capsys, examples, tmp_path):
+    """``compile --freeze 2`` of the CNN and of both heads gives one accelerator Verilog (the
+    frozen block and the back end do not change with the head); each head's firmware and
+    weights run on it bit-exact, with the golden model's accuracy on the images simulated.
+    With tests/test_sim_cosim.py's configuration the Verilator build is shared with it."""
+    from hoarfrost.gen.cli import main
+    from test_compile import SMALL_TOML, compile_quietly
+
+    (tmp_path / "hw.toml").write_text(SMALL_TOML)
+    outs = {}
+    for name, model in (("cnn", examples / "digits_cnn.onnx"),
+                        *((h, head_path(examples, h)) for h in HEADS)):
+        outs[name] = tmp_path / name
+        assert compile_quietly(model, "--calib", examples / "digits_calib.npy", "--config",
+                               tmp_path / "hw.toml", "--freeze", FREEZE, "-o", outs[name]) == 0
+    verilog = {name: (out / "accelerator.v").read_bytes() for name, out in outs.items()}
+    assert verilog["digit"] == verilog["loop"] == verilog["cnn"]
+    assert (outs["digit"] / "firmware.bin").read_bytes() != (outs["loop"] / "firmware.bin").read_bytes()
+    x = np.load(examples / "digits_test_x.npy")[:4]
+    digits = np.load(examples / "digits_test_y.npy")
+    for name in HEADS:
+        np.save(tmp_path / f"{name}_y.npy", labels_for(name, digits))
+        assert main(["sim", str(outs[name]), "--inputs", str(examples / "digits_test_x.npy"),
+                     "--labels", str(tmp_path / f"{name}_y.npy"), "--limit", "4", "--json"]) == 0
+        s = json.loads(capsys.readouterr().out)
+        assert s["matches_golden"] and s["images"] == 4
+        golden = run_int(import_onnx(outs[name] / "model_q.onnx"), x).argmax(axis=1)
+        assert s["predicted"] == golden.tolist()
+        assert s["correct"] == int((golden == labels_for(name, digits[:4])).sum())
