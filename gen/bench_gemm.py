@@ -146,6 +146,15 @@ def _synthesize(args, config: BackendConfig, freq_mhz: float) -> tuple[dict, str
     try:
         result = synthesize_component(design, args.synth, freq_mhz, seed=args.pnr_seed)
     except ToolchainError as error:
+        unplaced = [line for line in str(error).splitlines() if "no BELs remaining" in line]
+        if unplaced and error.stat is not None:
+            # a measurement with a definite answer: it does not fit; say why and how big it is
+            from hoarfrost.gen.synth import TARGETS
+            st = error.stat
+            raise HoarfrostError(
+                f"the {what} does not fit the {TARGETS[args.synth].description}: "
+                f"{unplaced[0].removeprefix('ERROR: ')} (yosys: {st['luts']} LUT4, "
+                f"{st['ffs']} FF, DSP {st['dsps'] or 0}, BRAM {st['brams'] or 0})") from None
         raise RuntimeError(f"synthesis of the {what} failed: {error}") from None
     seconds = time.perf_counter() - started
     summary = {"design": "BackEnd" if args.backend else "GemmEngine",

@@ -52,7 +52,12 @@ FLOW_VERSION = 1
 
 
 class ToolchainError(RuntimeError):
-    """yosys or nextpnr failed; the message ends with the tail of its log."""
+    """yosys or nextpnr failed; the message ends with the tail of its log.
+
+    ``stat`` holds yosys' cell counts (:func:`parse_yosys_stat`) when nextpnr was the one that
+    failed (a design that does not fit still has a size), else None."""
+
+    stat: dict | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -519,11 +524,15 @@ def synthesize(verilog: str, top: str, target: str, freq_mhz: float, *, seed: in
                        "yosys", timeout)
         stat = parse_yosys_stat(json.loads((work / "stat.json").read_text()), target, top)
 
-        nextpnr_s = _run([nextpnr, *t.nextpnr_args, "--json", "netlist.json",
-                          "--freq", f"{freq_mhz:g}", "--seed", str(seed),
-                          "--report", "report.json", "--timing-allow-fail",
-                          "-l", "nextpnr.log", "-q"],
-                         work / "nextpnr.out", work, "nextpnr", timeout)
+        try:
+            nextpnr_s = _run([nextpnr, *t.nextpnr_args, "--json", "netlist.json",
+                              "--freq", f"{freq_mhz:g}", "--seed", str(seed),
+                              "--report", "report.json", "--timing-allow-fail",
+                              "-l", "nextpnr.log", "-q"],
+                             work / "nextpnr.out", work, "nextpnr", timeout)
+        except ToolchainError as error:
+            error.stat = stat
+            raise
         pnr = parse_nextpnr_report(json.loads((work / "report.json").read_text()))
 
         result = SynthResult(

@@ -232,3 +232,25 @@ def test_bench_synth_backend_is_the_boards_configuration(capsys, monkeypatch, ta
     assert isinstance(design, BackEnd) and design.config == board.backend
     assert (design.scratch_bytes, design.param_depth) == (board.scratch_bytes, board.param_depth)
     assert summary["synth"]["design"] == "BackEnd"
+
+
+def test_bench_synth_says_in_one_line_when_the_design_does_not_fit(capsys, monkeypatch):
+    # nextpnr runs out of DSP sites: the bench names the cause and the design's size, exit 2.
+    import hoarfrost.gen.synth as synth
+    from hoarfrost.gen.cli import main
+
+    def fake(component, target, freq_mhz, **kwargs):
+        component._MustUse__silence = True          # not elaborated here
+        error = synth.ToolchainError(
+            "nextpnr failed (exit 125):\nWarning: No PCF file specified\nERROR: Unable to place "
+            "cell 'core.x_DSP', no BELs remaining to implement cell type 'ICESTORM_DSP'")
+        error.stat = parse_yosys_stat(ICE40_STAT, "ice40", "top")
+        raise error
+
+    monkeypatch.setattr(synth, "synthesize_component", fake)
+    assert main(["bench", "gemm", "--rows", "2", "--cols", "2", "--synth", "ice40", "--backend",
+                 "--no-sim"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "does not fit the iCE40 UP5K" in err and "no BELs remaining" in err
+    assert "ICESTORM_DSP" in err and "135 LUT4" in err and "SB_MAC16" in err
