@@ -362,8 +362,8 @@ def _energy_lines(e: dict) -> list[str]:
         io = pe["total"] - e["programmable_without_frame_io"]
         lines += [
             f"  programmable back end, measured (counters x energy.toml): {_nj(pe['total'])} nJ "
-            f"= MACs {_nj(pe['mul8'] + pe['add32'])} + scratchpad "
-            f"{_nj(pe['sram_read32'] + pe['sram_write32'])} + DRAM {_nj(dram)} (of which the "
+            f"= MACs {_nj(pe['mul8'] + pe['add32'])} + on-chip SRAM (scratchpad, GEMM and "
+            f"parameter buffers) {_nj(pe['sram_read32'] + pe['sram_write32'])} + DRAM {_nj(dram)} (of which the "
             f"frame's input and output {_nj(io)})",
             f"  frozen vs programmable without the frame's input/output (the frozen block "
             f"streams those): {_nj(e['programmable_without_frame_io'])} nJ, "

@@ -134,8 +134,12 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{args.board}-", dir=final.parent) as tmp:
         top = BoardTop(config, clk_freq=clk_hz, family=family)
         try:
-            plan = platform.prepare(top, name="top",
-                                    nextpnr_opts=f"--report report.json --seed {args.seed}")
+            # router2: router1 stalls for many minutes on the congestion around the ECP5's
+            # multipliers (see gen/synth.py); timing is judged from the report, not by failing.
+            opts = f"--report report.json --seed {args.seed} --timing-allow-fail"
+            if family == "ecp5":
+                opts += " --router router2"
+            plan = platform.prepare(top, name="top", nextpnr_opts=opts)
             products = plan.execute_local(tmp, env=env)
         except Exception as exc:     # the tools' logs say why; keep them for the user
             failed = final.with_name(final.name + ".failed")
@@ -158,6 +162,10 @@ def run(args) -> int:
         print(json.dumps(report, indent=2))
     else:
         print(_text(report, final))
+    if not report["timing_met"]:
+        print(f"hoarfrost: build: timing not met: {report['fmax_mhz']:.1f} MHz against the "
+              f"{report['clock_mhz']:g} MHz board clock", file=sys.stderr)
+        return 1
     return 0
 
 
