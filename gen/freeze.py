@@ -2,8 +2,9 @@
 
 ``freeze_specs(graph, n)`` reads the quantized IR (the single source of truth) and returns the
 integer parameters of the first ``n`` convolutions, each with the fused ReLU/ReLU6 clamp, an
-unfused Clip/ReLU that follows it, and the max pooling layers in between or right after (pooling
-"in line"). :func:`frozen_verilog` turns them into Verilog of
+unfused Clip/ReLU that follows it, and the max and average pooling layers in between or right
+after (pooling "in line"; a global average pooling is an average pooling over the whole
+frame). :func:`frozen_verilog` turns them into Verilog of
 :class:`~hoarfrost.hw.frozen.FrozenFeatureExtractor`; :func:`golden_pixels` gives the streams it
 must consume and produce, from :func:`hoarfrost.sim.golden.run_int`; :func:`frame_energy` is
 the frozen block's energy per frame, counted from its structure. :func:`programmable_energy` is
@@ -17,10 +18,10 @@ import numpy as np
 
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import Activation, AvgPool2d, Conv2d, Graph, MaxPool2d, macs
-from hoarfrost.hw.frozen import (ConvSpec, FrozenConv2d, FrozenFeatureExtractor, PoolSpec,
-                                 adder_events)
+from hoarfrost.hw.frozen import (AvgPoolSpec, ConvSpec, FrozenConv2d, FrozenFeatureExtractor,
+                                 PoolSpec, adder_events, requant_offset)
 from hoarfrost.sim.energy import energy_pj
-from hoarfrost.sim.golden import pooled_size, run_int
+from hoarfrost.sim.golden import pool_counts, pooled_size, run_int
 
 __all__ = ["freeze_specs", "frozen_layers", "frozen_extractor", "frozen_verilog",
            "golden_pixels", "frame_events", "frame_energy", "programmable_events",
@@ -37,7 +38,7 @@ def frozen_layers(graph: Graph, layers: int):
         raise HoarfrostError(f"--layers must be a positive number of convolutions, not {layers!r}")
     chosen, convs, tensor = [], 0, graph.input
     for layer in graph.layers:
-        if convs == layers and not isinstance(layer, (MaxPool2d, Activation)):
+        if convs == layers and not isinstance(layer, (MaxPool2d, AvgPool2d, Activation)):
             break
         if layer.inputs[0] != tensor or len(layer.inputs) != 1:
             if convs == layers:
@@ -54,12 +55,7 @@ def frozen_layers(graph: Graph, layers: int):
                     break
                 raise HoarfrostError(f"layer {layer.name!r}: an activation can be frozen only "
                                      f"right after a convolution")
-        elif isinstance(layer, AvgPool2d):
-            if convs == layers:
-                break
-            raise HoarfrostError(f"layer {layer.name!r}: average pooling is not supported by the "
-                                 f"freezer yet")
-        elif not isinstance(layer, MaxPool2d):
+        elif not isinstance(layer, (MaxPool2d, AvgPool2d)):
             if convs == layers:
                 break
             raise HoarfrostError(f"layer {layer.name!r} ({layer.op}) cannot be frozen; only "
@@ -104,9 +100,7 @@ def _conv_spec(graph: Graph, layer: Conv2d, in_range) -> ConvSpec:
     offsets = []
     for o in range(out):
         const = int(layer.bias_q[o]) - zp_in * int(weight[o].sum())
-        s = int(shift[o])
-        offsets.append(const * int(mult[o]) + ((1 << (s - 1)) if s > 0 else 0)
-                       + (rq.zero_point << s))
+        offsets.append(requant_offset(const, int(mult[o]), int(shift[o]), rq.zero_point))
     lo_in, hi_in = in_range
     return ConvSpec(
         name=layer.name, height=h, width=w, in_channels=c, out_channels=out,
@@ -121,16 +115,46 @@ def _pool_spec(graph: Graph, layer: MaxPool2d, in_range) -> PoolSpec:
     if layer.requant is not None:
         raise HoarfrostError(f"layer {layer.name!r}: max pooling that changes the quantization "
                              f"is not supported by the freezer")
+    c, h, w, pads = _pool_geometry(graph, layer)
+    return PoolSpec(name=layer.name, height=h, width=w, channels=c, kernel=tuple(layer.kernel),
+                    stride=tuple(layer.stride), pads=pads, in_range=in_range)
+
+
+def _pool_geometry(graph: Graph, layer):
+    """``(channels, height, width, pads)`` of a pooling's line buffer: ``ceil_mode``'s extra
+    room becomes more padding at the bottom/right (-128 for max, the zero point for average
+    pooling, where the count table leaves it out)."""
     c, h, w = graph.shapes[layer.inputs[0]]
     (kh, kw), (sh, sw) = layer.kernel, layer.stride
     top, left, bottom, right = layer.pads
     oh = pooled_size(h, kh, sh, top, bottom, 1, layer.ceil_mode)
     ow = pooled_size(w, kw, sw, left, right, 1, layer.ceil_mode)
-    # ceil_mode's extra room is more padding at the bottom/right, which -128 fills.
     bottom = max(bottom, (oh - 1) * sh + kh - h - top)
     right = max(right, (ow - 1) * sw + kw - w - left)
-    return PoolSpec(name=layer.name, height=h, width=w, channels=c, kernel=(kh, kw),
-                    stride=(sh, sw), pads=(top, left, bottom, right), in_range=in_range)
+    return c, h, w, (int(top), int(left), int(bottom), int(right))
+
+
+def _avgpool_spec(graph: Graph, layer: AvgPool2d, in_range) -> AvgPoolSpec:
+    """Sum of ``x - zp_in`` over the window, requantized by the table entry of its count
+    (:func:`hoarfrost.sim.golden.avgpool_int`)."""
+    c, h, w, pads = _pool_geometry(graph, layer)
+    kh, kw = layer.kernel
+    zp_in = graph.quant[layer.inputs[0]].zero_point
+    rq = layer.requant
+    counts = pool_counts((h, w), layer.kernel, layer.stride, layer.pads, layer.ceil_mode,
+                         layer.count_include_pad)
+    mult, shift, offset = {}, {}, {}
+    for q in sorted({int(v) for v in counts.ravel()}):
+        mult[q], shift[q] = int(rq.multiplier[q]), int(rq.shift[q])
+        # The window sum covers all kh*kw elements, padding included as zp_in: subtract them all.
+        offset[q] = requant_offset(-kh * kw * zp_in, mult[q], shift[q], rq.zero_point)
+    lo_in, hi_in = in_range
+    return AvgPoolSpec(
+        name=layer.name, height=h, width=w, channels=c, kernel=(int(kh), int(kw)),
+        stride=tuple(int(s) for s in layer.stride), pads=pads, pad_value=zp_in,
+        counts=tuple(tuple(int(v) for v in row) for row in counts),
+        multiplier=mult, shift=shift, offset=offset, lo=int(rq.lo), hi=int(rq.hi),
+        in_range=(min(lo_in, zp_in), max(hi_in, zp_in)))
 
 
 def freeze_specs(graph: Graph, layers: int) -> list:
@@ -142,6 +166,8 @@ def freeze_specs(graph: Graph, layers: int) -> list:
             spec = _conv_spec(graph, layer, in_range)
         elif isinstance(layer, MaxPool2d):
             spec = _pool_spec(graph, layer, in_range)
+        elif isinstance(layer, AvgPool2d):
+            spec = _avgpool_spec(graph, layer, in_range)
         else:   # an unfused activation: narrow the clamp of the convolution before it
             if layer.requant is not None:
                 raise HoarfrostError(f"layer {layer.name!r}: an activation that changes the "
@@ -165,10 +191,13 @@ def _check_geometry(spec) -> None:
     kh, kw = spec.kernel
     top, left, bottom, right = spec.pads
     if top + bottom >= kh or left + right >= kw or kh > spec.height or kw > spec.width:
+        # A pooling's padding includes the rows/columns ceil_mode adds at the bottom/right.
+        note = "; ceil_mode's extra room counts as padding" if isinstance(spec, (
+            PoolSpec, AvgPoolSpec)) else ""
         raise HoarfrostError(f"layer {spec.name!r}: kernel {spec.kernel} with padding {spec.pads} "
                              f"on a {spec.height}x{spec.width} input is not supported by the "
                              f"line buffer (needs top+bottom < kh, left+right < kw, kernel "
-                             f"inside the input)")
+                             f"inside the input{note})")
 
 
 def frozen_extractor(graph: Graph, layers: int, *, stages: int = 4,
@@ -228,8 +257,8 @@ def frame_events(extractor: FrozenFeatureExtractor) -> dict[str, int]:
         pixels_in = spec.height * spec.width
         kh, kw = spec.kernel
         _add(total, adder_events(block.adder_widths), pixels_out)
-        # Clamp: two 8-bit comparisons per output value of a convolution.
-        if isinstance(spec, ConvSpec):
+        # Clamp: two 8-bit comparisons per output value of a convolution or average pooling.
+        if isinstance(spec, (ConvSpec, AvgPoolSpec)):
             _add(total, {"add8": 2 * spec.out_channels}, pixels_out)
         shifted = kh * (kw - 1) + 2 * (kh - 1)       # taps, memory write + read register per row
         _add(total, {"reg_write8": shifted * spec.in_channels}, pixels_in)

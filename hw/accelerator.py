@@ -39,7 +39,7 @@ class Accelerator(wiring.Component):
     ----------
     config : BackendConfig
         The back end's array and buffers.
-    frozen_specs : sequence of ConvSpec / PoolSpec, optional
+    frozen_specs : sequence of ConvSpec / PoolSpec / AvgPoolSpec, optional
         The frozen layers (:func:`hoarfrost.gen.freeze.freeze_specs`); empty: no front end.
     scratch_bytes, param_depth : int
         As :class:`~hoarfrost.hw.backend.BackEnd`.

@@ -6,7 +6,9 @@ fetch. Each product of an activation and a constant weight is shift-and-add in c
 signed digits, zero weights vanish, and the odd multiples (``3x``, ``5x`` ...) of one window
 element are built once and shared by every output channel (:class:`~hoarfrost.hw.const_mult.AdderGraph`).
 The requantization multiplier is a constant too, so it is shift-and-add as well; bias, rounding
-term and output zero point fold into one constant added after it.
+term and output zero point fold into one constant added after it. Average pooling works the
+same way: an adder tree over the window, then the constant requantization for the window's
+element count, which the output position decides (edges, padding, ``ceil_mode``).
 
 Every stage streams one pixel per beat, all channels of the pixel in the beat, in raster order,
 and takes one pixel per clock: a :class:`~hoarfrost.hw.line_buffer.LineBuffer` forms the
@@ -21,15 +23,15 @@ import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
-from amaranth import Module, Signal, signed
+from amaranth import Module, Mux, Signal, signed
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.hw.const_mult import AdderGraph, Term, signed_width
 from hoarfrost.hw.line_buffer import LineBuffer, output_size, pixel_layout
 
-__all__ = ["ConvSpec", "PoolSpec", "FrozenConv2d", "FrozenMaxPool2d", "FrozenFeatureExtractor",
-           "adder_events"]
+__all__ = ["ConvSpec", "PoolSpec", "AvgPoolSpec", "FrozenConv2d", "FrozenMaxPool2d",
+           "FrozenAvgPool2d", "FrozenFeatureExtractor", "adder_events", "requant_offset"]
 
 
 class _WindowOutput:
@@ -120,6 +122,86 @@ class PoolSpec(_WindowOutput):
     @property
     def out_range(self) -> tuple[int, int]:
         return self.in_range
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class AvgPoolSpec(_WindowOutput):
+    """A frozen average pooling, as plain integers (made by ``gen.freeze``).
+
+    Output ``(oy, ox)`` of channel ``c`` is ``clamp((sum(x) * multiplier[k] + offset[k]) >>
+    shift[k], lo, hi)`` with ``x`` the raw window elements (padding = ``pad_value``, the input
+    zero point, so it adds nothing to ``sum(x - zp_in)``), ``k = counts[oy][ox]`` the number of
+    elements the window divides by, and ``offset[k]`` folding ``-kh*kw*zp_in * multiplier[k]``,
+    the rounding term and the output zero point; this equals
+    :func:`hoarfrost.sim.golden.avgpool_int` exactly.
+
+    Members
+    -------
+    name : str
+    height, width, channels : int
+    kernel, stride : (int, int)
+    pads : (int, int, int, int)
+        Line-buffer padding ``(top, left, bottom, right)``: ``ceil_mode``'s extra room included.
+    pad_value : int
+    counts : tuple of tuples of int
+        ``(out_height, out_width)`` window element counts (depend on padding, edges,
+        ``count_include_pad`` and ``ceil_mode``; known at generation time).
+    multiplier, shift, offset : dict int -> int
+        Per count that occurs in ``counts``.
+    lo, hi : int
+        Clamp.
+    in_range : (int, int)
+        Range of the window elements, padding included.
+    """
+
+    name: str
+    height: int
+    width: int
+    channels: int
+    kernel: tuple[int, int]
+    stride: tuple[int, int]
+    pads: tuple[int, int, int, int]
+    pad_value: int
+    counts: tuple
+    multiplier: dict
+    shift: dict
+    offset: dict
+    lo: int
+    hi: int
+    in_range: tuple[int, int] = (-128, 127)
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_range(self) -> tuple[int, int]:
+        return self.lo, self.hi
+
+
+def requant_offset(const: int, multiplier: int, shift: int, zero_point: int) -> int:
+    """The one constant added after ``acc * multiplier`` so that ``(... + it) >> shift`` is the
+    requantization of ``acc + const`` (:func:`hoarfrost.sim.arith.requantize`, before the
+    clamp): ``const * multiplier``, the half-up rounding term and the output zero point."""
+    return (const * multiplier + ((1 << (shift - 1)) if shift > 0 else 0)
+            + (zero_point << shift))
+
+
+def _clamp(m, value, shift: int, lo: int, hi: int, name: str):
+    """``clamp(value >> shift, lo, hi)`` as an int8 signal: the tail of every requantization."""
+    y = Signal(signed(8), name=name)
+    shifted = value >> shift
+    with m.If(shifted < lo):
+        m.d.comb += y.eq(lo)
+    with m.Elif(shifted > hi):
+        m.d.comb += y.eq(hi)
+    with m.Else():
+        m.d.comb += y.eq(shifted)
+    return y
 
 
 def adder_events(widths: Sequence[int]) -> dict[str, int]:
@@ -235,16 +317,7 @@ class FrozenConv2d(_Stage):
                               + 8 * spec.out_channels)
 
     def _clamp(self, m, value, o):
-        spec = self.spec
-        y = Signal(signed(8), name=f"y{o}")
-        shifted = value >> int(spec.shift[o])
-        with m.If(shifted < spec.lo):
-            m.d.comb += y.eq(spec.lo)
-        with m.Elif(shifted > spec.hi):
-            m.d.comb += y.eq(spec.hi)
-        with m.Else():
-            m.d.comb += y.eq(shifted)
-        return y
+        return _clamp(m, value, int(self.spec.shift[o]), self.spec.lo, self.spec.hi, f"y{o}")
 
     def _constant_output(self, o) -> int:
         # A channel whose weights or multiplier are all zero: the offset alone decides.
@@ -342,17 +415,156 @@ class FrozenMaxPool2d(_Stage):
         return m
 
 
+class FrozenAvgPool2d(_Stage):
+    """Average pooling in line: line buffer (padding = input zero point), a pipelined adder tree
+    per channel, then the requantization for the window's element count, and the clamp.
+
+    The count depends only on the output position (padding, edges, ``ceil_mode``), so it is
+    known at generation time: each distinct count gets its own constant multiplier
+    (shift-and-add on the shared window sum, like the convolution's requantization), and a
+    small position decoder selects which one reaches the output. Positions are grouped into
+    classes: output rows whose counts agree along the whole row, and likewise columns, so the
+    decoder compares only the row and column counters, and not at all when every window has
+    the same count (no padding, or global average pooling).
+
+    Parameters
+    ----------
+    spec : AvgPoolSpec
+    stages : int
+        Pipeline stages after the window register (at least 1), as :class:`FrozenConv2d`.
+
+    Members
+    -------
+    i_stream, o_stream
+        As :class:`FrozenConv2d`.
+    adder_widths : list of int
+        Adders evaluated per output pixel: the sum trees, requantization multipliers and
+        offsets of every count, and the position counters.
+    register_bits : int
+        Pipeline, counter and output register bits loaded per output pixel.
+    """
+
+    def __init__(self, spec: AvgPoolSpec, *, stages: int = 4):
+        if stages < 1:
+            raise ValueError(f"Pipeline stages must be at least 1, not {stages!r}")
+        super().__init__(spec)
+        self.stages = stages
+        counts = np.asarray(spec.counts, dtype=np.int64)
+        if counts.shape != (spec.out_height, spec.out_width) or counts.min() < 1:
+            raise ValueError(f"Counts of {spec.name!r} must be positive, one per output "
+                             f"position {spec.out_height}x{spec.out_width}")
+        self.distinct = sorted({int(q) for q in counts.ravel()})
+        # Row classes: output rows with equal count vectors; column classes likewise.
+        rows = [tuple(r) for r in counts.tolist()]
+        cols = [tuple(c) for c in counts.T.tolist()]
+        self._row_classes = _classes(rows)
+        self._col_classes = _classes(cols)
+        self._build_graph()
+
+    def _build_graph(self):
+        spec = self.spec
+        kh, kw = spec.kernel
+        c_n = spec.channels
+        self.graph = AdderGraph([spec.in_range] * (kh * kw * c_n))
+        self.outputs = []       # [channel][count index] -> node or None (zero multiplier)
+        for c in range(c_n):
+            total = self.graph.sum(Term(k * c_n + c) for k in range(kh * kw))
+            row = []
+            for q in self.distinct:
+                scaled = self.graph.multiply(total, int(spec.multiplier[q]))
+                row.append(None if scaled is None
+                           else self.graph.add_const(scaled, int(spec.offset[q])))
+            self.outputs.append(row)
+        live = self._live()
+        counters = []
+        if len(self.distinct) > 1:
+            counters = [max(1, (spec.out_height - 1).bit_length()),
+                        max(1, (spec.out_width - 1).bit_length())]
+        self.adder_widths = self.graph.adder_widths(live) + counters
+        self.adder_depth = self.graph.depth(live)
+        sel_bits = (len(self.distinct) - 1).bit_length()
+        self.register_bits = (self.graph.register_bits(live, stages=self.stages)
+                              + sel_bits * (self.stages - 1) + sum(counters) + 8 * c_n)
+
+    def _live(self):
+        return [n for row in self.outputs for n in row if n is not None]
+
+    def _select(self, m, lb_out, en):
+        """Index into ``distinct`` of the window at the line buffer's output (stage 0); the
+        output position counters advance as the pipeline takes each window."""
+        spec = self.spec
+        sel = Signal(range(len(self.distinct)), name="count_sel")
+        if len(self.distinct) == 1:
+            return sel
+        oy = Signal(range(spec.out_height), name="pool_oy")
+        ox = Signal(range(spec.out_width), name="pool_ox")
+        with m.If(en & lb_out.valid):
+            with m.If(ox == spec.out_width - 1):
+                m.d.sync += [ox.eq(0), oy.eq(Mux(oy == spec.out_height - 1, 0, oy + 1))]
+            with m.Else():
+                m.d.sync += ox.eq(ox + 1)
+        counts = spec.counts
+        with m.Switch(oy):
+            for rows in self._row_classes:
+                with m.Case(*rows):
+                    with m.Switch(ox):
+                        for cols in self._col_classes:
+                            with m.Case(*cols):
+                                q = int(counts[rows[0]][cols[0]])
+                                m.d.comb += sel.eq(self.distinct.index(q))
+        return sel
+
+    def elaborate(self, platform):
+        m = Module()
+        spec = self.spec
+        m.submodules.window = lb = _line_buffer(spec, spec.pad_value)
+        en = self._pipeline(m, lb, self.stages)
+        window = lb.o_stream.payload
+        kh, kw = spec.kernel
+        x = [window[k // spec.channels][k % spec.channels] for k in range(kh * kw * spec.channels)]
+        results = iter(self.graph.elaborate(m, x, self._live(), stages=self.stages, enable=en))
+        values = [[None if n is None else next(results) for n in row] for row in self.outputs]
+        sel = self._select(m, lb.o_stream, en)
+        for s in range(1, self.stages):      # the count travels with its window's sums
+            nxt = Signal.like(sel, name=f"count_sel_s{s}")
+            with m.If(en):
+                m.d.sync += nxt.eq(sel)
+            sel = nxt
+        for c, row in enumerate(values):
+            wide = max([len(v) for v in row if v is not None] + [8])
+            shifted = Signal(signed(wide), name=f"scaled{c}")
+            with m.Switch(sel):
+                for i, (q, value) in enumerate(zip(self.distinct, row)):
+                    with m.Case(i):
+                        if value is None:   # zero multiplier: the offset alone decides
+                            m.d.comb += shifted.eq(int(spec.offset[q]) >> int(spec.shift[q]))
+                        else:
+                            m.d.comb += shifted.eq(value >> int(spec.shift[q]))
+            y = _clamp(m, shifted, 0, spec.lo, spec.hi, f"y{c}")
+            with m.If(en):
+                m.d.sync += self.o_stream.payload[c].eq(y)
+        return m
+
+
+def _classes(vectors: Sequence[tuple]) -> list[list[int]]:
+    """Indices of equal vectors, grouped, in order of first appearance."""
+    groups: dict[tuple, list[int]] = {}
+    for k, v in enumerate(vectors):
+        groups.setdefault(v, []).append(k)
+    return list(groups.values())
+
+
 class FrozenFeatureExtractor(wiring.Component):
     """A chain of frozen stages with the counters the testbench reads.
 
     Parameters
     ----------
-    specs : sequence of ConvSpec or PoolSpec
+    specs : sequence of ConvSpec, PoolSpec or AvgPoolSpec
         In stream order; each stage's output frame is the next one's input frame.
     stages : int
-        Pipeline stages of each convolution (see :class:`FrozenConv2d`).
+        Pipeline stages of each convolution and average pooling (see :class:`FrozenConv2d`).
     naive : bool
-        Build the literal-multiply version.
+        Build the literal-multiply version (of the convolutions; pooling has no weights).
 
     Members
     -------
@@ -375,8 +587,7 @@ class FrozenFeatureExtractor(wiring.Component):
             if (a.out_height, a.out_width, a.out_channels) != (b.height, b.width, b.in_channels):
                 raise ValueError(f"Layer {b.name!r} does not take layer {a.name!r}'s output")
         self.specs = list(specs)
-        self.blocks = [FrozenConv2d(s, stages=stages, naive=naive) if isinstance(s, ConvSpec)
-                       else FrozenMaxPool2d(s) for s in specs]
+        self.blocks = [_block(s, stages, naive) for s in specs]
         super().__init__({
             "i_stream": In(stream.Signature(pixel_layout(specs[0].in_channels))),
             "o_stream": Out(stream.Signature(pixel_layout(specs[-1].out_channels))),
@@ -404,3 +615,11 @@ class FrozenFeatureExtractor(wiring.Component):
         with m.If(self.o_stream.valid & self.o_stream.ready):
             m.d.sync += self.out_pixels.eq(self.out_pixels + 1)
         return m
+
+
+def _block(spec, stages: int, naive: bool):
+    if isinstance(spec, ConvSpec):
+        return FrozenConv2d(spec, stages=stages, naive=naive)
+    if isinstance(spec, AvgPoolSpec):
+        return FrozenAvgPool2d(spec, stages=stages)
+    return FrozenMaxPool2d(spec)
