@@ -36,10 +36,9 @@ __all__ = ["AxiSram", "SPRAM_BYTES"]
 SPRAM_BYTES = 32 * 1024
 
 
-class _SpramBank(wiring.Component):
-    """``data_width / 16`` SB_SPRAM256KA side by side: one ``data_width`` word per address,
-    byte-granular writes (MASKWREN is per nibble). Read data is registered inside the primitive
-    and held while ``en`` is low, as :class:`amaranth.lib.memory.ReadPort` with ``en`` does."""
+class _Bank(wiring.Component):
+    """The storage's ports: ``addr``, ``en`` (read: ``rdata`` is the word at ``addr`` from the
+    next cycle on, held while ``en`` is low), ``we`` (a strobe per byte) and ``wdata``."""
 
     def __init__(self, data_width: int, depth: int):
         self.data_width, self.depth = data_width, depth
@@ -47,6 +46,12 @@ class _SpramBank(wiring.Component):
             "addr": In(range(depth)), "en": In(1), "rdata": Out(data_width),
             "we": In(data_width // 8), "wdata": In(data_width),
         })
+
+
+class _SpramBank(_Bank):
+    """``data_width / 16`` SB_SPRAM256KA side by side: one ``data_width`` word per address,
+    byte-granular writes (MASKWREN is per nibble). Read data is registered inside the primitive
+    and held while ``en`` is low, as :class:`amaranth.lib.memory.ReadPort` with ``en`` does."""
 
     def elaborate(self, platform):
         m = Module()
@@ -62,16 +67,9 @@ class _SpramBank(wiring.Component):
         return m
 
 
-class _RamBank(wiring.Component):
-    """The same ports as :class:`_SpramBank` on :class:`~amaranth.lib.memory.Memory` (block RAM
-    on an FPGA, an array in simulation)."""
-
-    def __init__(self, data_width: int, depth: int):
-        self.data_width, self.depth = data_width, depth
-        super().__init__({
-            "addr": In(range(depth)), "en": In(1), "rdata": Out(data_width),
-            "we": In(data_width // 8), "wdata": In(data_width),
-        })
+class _RamBank(_Bank):
+    """The same on :class:`~amaranth.lib.memory.Memory` (block RAM on an FPGA, an array in
+    simulation)."""
 
     def elaborate(self, platform):
         m = Module()

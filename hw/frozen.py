@@ -95,8 +95,20 @@ class ConvSpec(_WindowOutput):
         return self.lo, self.hi
 
 
+class _PoolChannels:
+    """A pooling keeps its channels: ``in_channels == out_channels == channels``."""
+
+    @property
+    def in_channels(self) -> int:
+        return self.channels
+
+    @property
+    def out_channels(self) -> int:
+        return self.channels
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
-class PoolSpec(_WindowOutput):
+class PoolSpec(_PoolChannels, _WindowOutput):
     """A frozen max pooling: windows padded with -128, which never wins the max.
 
     Members as in :class:`ConvSpec` (``channels`` in = out); ``in_range`` is passed through.
@@ -112,20 +124,12 @@ class PoolSpec(_WindowOutput):
     in_range: tuple[int, int] = (-128, 127)
 
     @property
-    def in_channels(self) -> int:
-        return self.channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels
-
-    @property
     def out_range(self) -> tuple[int, int]:
         return self.in_range
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class AvgPoolSpec(_WindowOutput):
+class AvgPoolSpec(_PoolChannels, _WindowOutput):
     """A frozen average pooling, as plain integers (made by ``gen.freeze``).
 
     Output ``(oy, ox)`` of channel ``c`` is ``clamp((sum(x) * multiplier[k] + offset[k]) >>
@@ -169,14 +173,6 @@ class AvgPoolSpec(_WindowOutput):
     lo: int
     hi: int
     in_range: tuple[int, int] = (-128, 127)
-
-    @property
-    def in_channels(self) -> int:
-        return self.channels
-
-    @property
-    def out_channels(self) -> int:
-        return self.channels
 
     @property
     def out_range(self) -> tuple[int, int]:
