@@ -139,7 +139,9 @@ def run(args) -> int:
             opts = f"--report report.json --seed {args.seed} --timing-allow-fail"
             if family == "ecp5":
                 opts += " --router router2"
-            plan = platform.prepare(top, name="top", nextpnr_opts=opts)
+            # the synthesis options of gen/synth.py's flow, whose results the README reports
+            synth_opts = "-abc9" if family == "ecp5" else "-dsp -abc9"
+            plan = platform.prepare(top, name="top", nextpnr_opts=opts, synth_opts=synth_opts)
             products = plan.execute_local(tmp, env=env)
         except Exception as exc:     # the tools' logs say why; keep them for the user
             failed = final.with_name(final.name + ".failed")
