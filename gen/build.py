@@ -142,7 +142,7 @@ def run(args) -> int:
             # the synthesis options of gen/synth.py's flow, whose results the README reports
             synth_opts = "-abc9" if family == "ecp5" else "-dsp -abc9"
             plan = platform.prepare(top, name="top", nextpnr_opts=opts, synth_opts=synth_opts)
-            products = plan.execute_local(tmp, env=env)
+            plan.execute_local(tmp, env=env)
         except Exception as exc:     # the tools' logs say why; keep them for the user
             failed = final.with_name(final.name + ".failed")
             if failed.exists():
@@ -150,7 +150,6 @@ def run(args) -> int:
             shutil.copytree(tmp, failed)
             raise HoarfrostError(f"the {args.board} build failed: {_why(Path(tmp), exc)} "
                                  f"(logs in {failed})") from None
-        del products
         report = build_report(json.loads((Path(tmp) / "report.json").read_text()),
                               clk_hz / 1e6)
         report.update(board=args.board, seconds=round(time.monotonic() - t0, 1),
