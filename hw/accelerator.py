@@ -19,8 +19,9 @@ from amaranth import Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd, dram_request_layout
+from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
 from hoarfrost.hw.config import BackendConfig
+from hoarfrost.hw.dram_bridge import DRAM_PORT_STREAMS, DramPortSignature
 from hoarfrost.hw.frozen import FrozenFeatureExtractor
 from hoarfrost.hw.line_buffer import pixel_layout
 
@@ -75,10 +76,7 @@ class Accelerator(wiring.Component):
             "program_addr": In(32),
             "busy": Out(1),
             "done": Out(1),
-            "rd_cmd": Out(stream.Signature(dram_request_layout())),
-            "rd_data": In(stream.Signature(8)),
-            "wr_cmd": Out(stream.Signature(dram_request_layout())),
-            "wr_data": Out(stream.Signature(8)),
+            **DramPortSignature().members,
             **{name: Out(cw) for name in BACKEND_COUNTERS},
         }
         if self.frozen is not None:
@@ -92,9 +90,8 @@ class Accelerator(wiring.Component):
         m.d.comb += [backend.start.eq(self.start), backend.program_addr.eq(self.program_addr),
                      self.busy.eq(backend.busy), self.done.eq(backend.done)]
         m.d.comb += [getattr(self, name).eq(getattr(backend, name)) for name in BACKEND_COUNTERS]
-        for name in ("rd_cmd", "wr_cmd", "wr_data"):
+        for name in DRAM_PORT_STREAMS:
             wiring.connect(m, getattr(backend, name), wiring.flipped(getattr(self, name)))
-        wiring.connect(m, wiring.flipped(self.rd_data), backend.rd_data)
         if self.frozen is not None:
             m.submodules.frozen = frozen = self.frozen
             wiring.connect(m, wiring.flipped(self.pixels), frozen.i_stream)

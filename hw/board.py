@@ -27,7 +27,7 @@ from hoarfrost.hw.accelerator import Accelerator
 from hoarfrost.hw.axi_share import AxiShare, HostBusAxi
 from hoarfrost.hw.axi_sram import SPRAM_BYTES, AxiSram
 from hoarfrost.hw.backend import BACKEND_COUNTERS
-from hoarfrost.hw.dram_bridge import AxiDramBridge
+from hoarfrost.hw.dram_bridge import AxiDramBridge, connect_dram
 from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
 
 __all__ = ["BoardTop", "BOARD_COUNTERS", "memory_bytes"]
@@ -90,9 +90,7 @@ class BoardTop(wiring.Component):
         wiring.connect(m, host_axi.m_axi, share.a)
         wiring.connect(m, bridge.m_axi, share.b)
         wiring.connect(m, share.m_axi, memory.s_axi)
-        for name in ("rd_cmd", "wr_cmd", "wr_data"):
-            wiring.connect(m, getattr(accel, name), getattr(bridge, name))
-        wiring.connect(m, bridge.rd_data, accel.rd_data)
+        connect_dram(m, accel, bridge)
         m.d.comb += [accel.start.eq(csr.start), accel.program_addr.eq(csr.program_addr),
                      csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
         values = [*(getattr(accel, name) for name in BACKEND_COUNTERS), link.frames,

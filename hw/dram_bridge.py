@@ -15,13 +15,15 @@ of the co-simulation against cocotbext-axi's ``AxiRam``.
 
 from __future__ import annotations
 
-from amaranth import Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.hw.axi import MAX_BURST_BEATS, AxiSignature
 from hoarfrost.hw.axi_dma import DMA_COUNTERS, AxiReadDma, AxiWriteDma
+# The request layout is the back end's own (re-exported here with the port it travels on).
+from hoarfrost.hw.backend import dram_request_layout
 
 __all__ = ["dram_request_layout", "DramPortSignature", "DRAM_PORT_STREAMS", "connect_dram",
            "BRIDGE_COUNTERS", "AxiDramBridge", "BackEndAxi"]
@@ -42,11 +44,6 @@ BRIDGE_COUNTERS = (
 #: Requests a direction takes ahead of the one whose bytes are moving; enough to overlap the
 #: next request's memory latency with the current one's bytes.
 REQUESTS_AHEAD = 4
-
-
-def dram_request_layout() -> data.StructLayout:
-    """A DRAM transfer request: ``length`` bytes from byte address ``addr``."""
-    return data.StructLayout({"addr": unsigned(32), "length": unsigned(32)})
 
 
 class DramPortSignature(wiring.Signature):
