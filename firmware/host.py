@@ -58,6 +58,7 @@ class Command(enum.IntEnum):
     READ = 0x02
     WRITE_CSR = 0x03
     READ_CSR = 0x04
+    STREAM = 0x05
 
 
 class Status(enum.IntEnum):
@@ -321,6 +322,13 @@ class _DeviceBase:
         """The accelerator's counters, ``{name: value}`` (names from ``counter_names``)."""
         return self._call(self._op_counters())
 
+    def stream(self, data: bytes):
+        """Send ``data`` into the accelerator's input stream (a frozen front end's pixels, all
+        channels of a pixel together, raster order), split into frames as needed. Each frame
+        is answered once the device has taken its last byte, so start the accelerator first:
+        the frozen block's output waits for the firmware's ``RECV``."""
+        return self._call(self._op_stream(bytes(data)))
+
     # Operations.
 
     def _call(self, op):
@@ -391,6 +399,11 @@ class _DeviceBase:
         for offset in range(0, len(data), step):
             chunk = data[offset:offset + step]
             yield from self._transact(Command.WRITE, struct.pack("<I", addr + offset) + chunk)
+
+    def _op_stream(self, data: bytes):
+        info = yield from self._op_info()
+        for offset in range(0, len(data), info.max_payload):
+            yield from self._transact(Command.STREAM, data[offset:offset + info.max_payload])
 
     def _op_read(self, addr: int, n: int):
         _check_span(addr, n)

@@ -11,7 +11,15 @@
 
 The host (:mod:`hoarfrost.firmware.host`) writes the firmware, the weights and the input into
 the memory over the UART, sets ``PROGRAM_ADDR``, pulses ``CTRL.start``, polls ``STATUS`` and
-reads the output and the counters back. The accelerator sees the memory as its DRAM through
+reads the output and the counters back.
+
+With a frozen front end the input does not go through the memory: the host starts the
+accelerator and then sends the image's pixels (all channels of a pixel together, raster order)
+with the link's ``STREAM`` request; :class:`PixelPacker` gathers each pixel's bytes into one
+beat of the frozen block's input, like a camera streaming into it::
+
+    UartHostLink --stream_out--> PixelPacker --pixels--> Accelerator (frozen -> back end)
+ The accelerator sees the memory as its DRAM through
 the same AXI4 port as in simulation (where cocotbext-axi's ``AxiRam`` serves it).
 
 LEDs: ``led 0`` lights while the accelerator runs.
@@ -19,22 +27,65 @@ LEDs: ``led 0`` lights while the accelerator runs.
 
 from __future__ import annotations
 
-from amaranth import Module
-from amaranth.lib import wiring
+from collections.abc import Sequence
+
+from amaranth import Module, Signal
+from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hoarfrost.hw.accelerator import Accelerator
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator
 from hoarfrost.hw.axi_share import AxiShare, HostBusAxi
 from hoarfrost.hw.axi_sram import SPRAM_BYTES, AxiSram
 from hoarfrost.hw.backend import BACKEND_COUNTERS
 from hoarfrost.hw.dram_bridge import AxiDramBridge, connect_dram
 from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
+from hoarfrost.hw.line_buffer import pixel_layout
 
-__all__ = ["BoardTop", "BOARD_COUNTERS", "memory_bytes"]
+__all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes"]
 
 #: The counters the host reads from the CSRs, in register order (``Csr.COUNTER_BASE + i``).
 BOARD_COUNTERS = (*BACKEND_COUNTERS, "link_frames", "link_crc_errors", "link_timeouts",
                   "uart_errors")
+
+
+def board_counters(frozen: bool) -> tuple[str, ...]:
+    """The CSR counters of a board top with (``frozen``) or without a frozen front end: the
+    frozen block's come last."""
+    return (*BOARD_COUNTERS, *FROZEN_COUNTERS) if frozen else BOARD_COUNTERS
+
+
+class PixelPacker(wiring.Component):
+    """Bytes to pixels: every ``channels`` bytes of ``i_stream`` (channel 0 first) leave as one
+    beat of ``o_stream``.
+
+    Members
+    -------
+    i_stream : ``In(stream.Signature(8))``
+    o_stream : ``Out(stream.Signature(pixel_layout(channels)))``
+        Lane ``c`` is the pixel's byte ``c`` as a signed int8.
+    """
+
+    def __init__(self, channels: int):
+        if not isinstance(channels, int) or channels < 1:
+            raise ValueError(f"Channels must be a positive integer, not {channels!r}")
+        self.channels = channels
+        super().__init__({"i_stream": In(stream.Signature(8)),
+                          "o_stream": Out(stream.Signature(pixel_layout(channels)))})
+
+    def elaborate(self, platform):
+        m = Module()
+        i, o, n = self.i_stream, self.o_stream, self.channels
+        lanes = Signal(8 * n)           # the pixel being gathered, channel 0 in the low byte
+        have = Signal(range(n + 1))     # bytes gathered
+        m.d.comb += [o.payload.as_value().eq(lanes), o.valid.eq(have == n),
+                     i.ready.eq(have != n)]
+        with m.If(o.valid & o.ready):
+            m.d.sync += have.eq(0)
+        with m.If(i.valid & i.ready):
+            # each byte enters at the top and the earlier ones move down one lane
+            m.d.sync += [lanes.eq((lanes >> 8) | (i.payload << (8 * (n - 1)))),
+                         have.eq(have + 1)]
+        return m
 
 DATA_WIDTH = 32
 
@@ -58,6 +109,9 @@ class BoardTop(wiring.Component):
         ``"ice40"`` (memory in SPRAM) or ``"ecp5"`` (memory in block RAM).
     baud : int
         UART speed.
+    frozen_specs : sequence of frozen layer specs, optional
+        The frozen front end (as :class:`~hoarfrost.hw.accelerator.Accelerator`); its input
+        comes from the link's ``STREAM`` requests.
 
     Members
     -------
@@ -67,18 +121,28 @@ class BoardTop(wiring.Component):
         The accelerator is busy; on a board, ``led 0``.
     """
 
-    def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200):
+    def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200,
+                 frozen_specs: Sequence = ()):
         self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
+        self.frozen_specs = tuple(frozen_specs)
+        self.counter_names = board_counters(bool(self.frozen_specs))
         self.memory_bytes = memory_bytes(family)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1)})
 
     def elaborate(self, platform):
         m = Module()
         cfg = self.config
-        m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud)
-        m.submodules.csr = csr = ControlRegisters(counters=len(BOARD_COUNTERS))
-        m.submodules.accel = accel = Accelerator(cfg.backend, scratch_bytes=cfg.scratch_bytes,
+        frozen = self.frozen_specs
+        m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud,
+                                                stream_port=bool(frozen))
+        m.submodules.csr = csr = ControlRegisters(counters=len(self.counter_names))
+        m.submodules.accel = accel = Accelerator(cfg.backend, frozen,
+                                                 scratch_bytes=cfg.scratch_bytes,
                                                  param_depth=cfg.param_depth)
+        if frozen:
+            m.submodules.packer = packer = PixelPacker(frozen[0].in_channels)
+            wiring.connect(m, link.stream_out, packer.i_stream)
+            wiring.connect(m, packer.o_stream, accel.pixels)
         m.submodules.bridge = bridge = AxiDramBridge(data_width=DATA_WIDTH)
         m.submodules.host_axi = host_axi = HostBusAxi(data_width=DATA_WIDTH)
         m.submodules.share = share = AxiShare(data_width=DATA_WIDTH)
@@ -94,7 +158,8 @@ class BoardTop(wiring.Component):
         m.d.comb += [accel.start.eq(csr.start), accel.program_addr.eq(csr.program_addr),
                      csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
         values = [*(getattr(accel, name) for name in BACKEND_COUNTERS), link.frames,
-                  link.crc_errors, link.timeouts, link.uart_errors]
+                  link.crc_errors, link.timeouts, link.uart_errors,
+                  *(getattr(accel, name) for name in FROZEN_COUNTERS if frozen)]
         m.d.comb += [csr.counters[i].eq(v) for i, v in enumerate(values)]
 
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.running.eq(accel.busy)]

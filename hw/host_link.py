@@ -30,18 +30,25 @@ WRITE      0x01  addr u32, then up to max_payload - 4 bytes  (none)
 READ       0x02  addr u32, count u16 (up to max_payload)     ``count`` bytes
 WRITE_CSR  0x03  index u8, value u32                         (none)
 READ_CSR   0x04  index u8                                    value u32
+STREAM     0x05  1 to max_payload bytes                      (none)
 =========  ====  ==========================================  ================================
 
+STREAM sends its payload, byte by byte and in order, out of the link's ``stream_out`` port (on a
+board: into the frozen front end's pixel input); it is answered when the last byte has been
+taken, so the host starts the accelerator first. A link built without the port answers
+``BAD_COMMAND``.
+
 Statuses: ``OK`` 0; ``BAD_CRC`` 1 (the frame's CRC failed: nothing was done, the host should
-resend); ``BAD_COMMAND`` 2 (unknown code); ``BAD_LENGTH`` 3 (the payload length does not suit
-the command, or a WRITE or READ is longer than ``max_payload``). Every frame that arrives whole
+resend); ``BAD_COMMAND`` 2 (unknown code, or STREAM without a stream port); ``BAD_LENGTH`` 3
+(the payload length does not suit the command, or a WRITE or READ is longer than
+``max_payload``). Every frame that arrives whole
 is answered, even one with a bad CRC (whose echoed command and sequence number may themselves be
 wrong; the host drops a response whose sequence number it is not waiting for, and times out).
 Only frames with a good CRC, a known command and a right length are executed, and a WRITE's
 data reaches memory only after its CRC has been checked (the payload waits in a buffer).
 
-Retries: the host resends a request with the *same* sequence number. A WRITE or WRITE_CSR
-whose command and sequence number equal the last one executed is answered ``OK`` without being
+Retries: the host resends a request with the *same* sequence number. A WRITE, WRITE_CSR or
+STREAM whose command and sequence number equal the last one executed is answered ``OK`` without being
 done again: writing ``CTRL_START`` twice would start the accelerator twice. (A driver starts a
 session with INFO, which resets this memory.)
 
@@ -157,6 +164,8 @@ class HostLink(wiring.Component):
         Clocks without a byte after which a partial frame is dropped.
     addr_width : int
         Width of memory byte addresses (up to 32; the protocol carries 32).
+    stream_port : bool
+        Build the ``stream_out`` port and take STREAM requests.
 
     Members
     -------
@@ -168,12 +177,14 @@ class HostLink(wiring.Component):
         Memory, one byte per access.
     csr : ``Out(HostBusSignature(addr_width=8, data_width=32))``
         Control and status registers.
+    stream_out : ``Out(stream.Signature(8))``
+        Only with ``stream_port``: the payload bytes of STREAM requests, in order.
     frames, crc_errors, timeouts : ``Out(16)``
         Frames answered, frames answered ``BAD_CRC``, partial frames dropped (wrapping).
     """
 
     def __init__(self, *, max_payload: int = 256, timeout_cycles: int = 1 << 20,
-                 addr_width: int = 32):
+                 addr_width: int = 32, stream_port: bool = False):
         if not isinstance(max_payload, int) or not 6 <= max_payload <= 0xFFFF:
             raise ValueError(f"Largest payload must be an integer from 6 to 65535, "
                              f"not {max_payload!r}")
@@ -181,12 +192,13 @@ class HostLink(wiring.Component):
             raise ValueError(f"Timeout must be a positive number of cycles, "
                              f"not {timeout_cycles!r}")
         self.max_payload, self.timeout_cycles = max_payload, timeout_cycles
-        self.addr_width = addr_width
+        self.addr_width, self.has_stream = addr_width, stream_port
         super().__init__({
             "i_stream": In(stream.Signature(8)),
             "o_stream": Out(stream.Signature(8)),
             "mem": Out(HostBusSignature(addr_width=addr_width, data_width=8)),
             "csr": Out(HostBusSignature(addr_width=8, data_width=32)),
+            **({"stream_out": Out(stream.Signature(8))} if stream_port else {}),
             "frames": Out(16), "crc_errors": Out(16), "timeouts": Out(16),
         })
 
@@ -252,13 +264,16 @@ class HostLink(wiring.Component):
         length_ok = Signal()
         is_write = cmd == Command.WRITE
         is_read = cmd == Command.READ
-        m.d.comb += known.eq(Cat(cmd == c for c in Command).any())
+        commands = [c for c in Command if c != Command.STREAM or self.has_stream]
+        m.d.comb += known.eq(Cat(cmd == c for c in commands).any())
         with m.Switch(cmd):
             for c, n in _FIXED_LENGTH.items():
                 with m.Case(c):
                     m.d.comb += length_ok.eq(length == n)
             with m.Case(Command.WRITE):
                 m.d.comb += length_ok.eq((length >= 4) & (length <= self.max_payload))
+            with m.Case(Command.STREAM):
+                m.d.comb += length_ok.eq((length >= 1) & (length <= self.max_payload))
         read_ok = count_arg <= self.max_payload
         retry = (cmd == last_cmd) & (seq == last_seq)
 
@@ -330,6 +345,11 @@ class HostLink(wiring.Component):
                         with m.Case(Command.READ_CSR):
                             m.d.sync += data_len.eq(4)
                             m.next = "CSR_READ"
+                        if self.has_stream:
+                            with m.Case(Command.STREAM):
+                                m.next = "ST_FETCH"
+                                with m.If(retry):
+                                    m.next = "TX_SYNC"
 
             # WRITE: buffer byte `count` is read the clock before it is offered to memory.
             with m.State("WR_FETCH"):
@@ -341,6 +361,20 @@ class HostLink(wiring.Component):
                     m.next = "WR_FETCH"
                     with m.If(count + 1 == length):
                         m.next = "TX_SYNC"
+
+            if self.has_stream:
+                # STREAM: like WRITE, from buffer byte 0, into `stream_out`.
+                out = self.stream_out
+                m.d.comb += out.payload.eq(buf_r.data)
+                with m.State("ST_FETCH"):
+                    m.next = "ST_SEND"
+                with m.State("ST_SEND"):
+                    m.d.comb += out.valid.eq(1)
+                    with m.If(out.ready):
+                        m.d.sync += count.eq(count + 1)
+                        m.next = "ST_FETCH"
+                        with m.If(count + 1 == length):
+                            m.next = "TX_SYNC"
 
             with m.State("CSR_WRITE"):
                 m.d.comb += [csr.valid.eq(1), csr.we.eq(1)]
@@ -409,7 +443,7 @@ class UartHostLink(wiring.Component):
     ----------
     clk_freq, baud : int
         As :class:`~hoarfrost.hw.uart.UartRx`.
-    max_payload, addr_width : int
+    max_payload, addr_width, stream_port : int, int, bool
         As :class:`HostLink`.
     timeout_cycles : int, optional
         As :class:`HostLink`; by default 50 ms, longer than the gaps a USB serial adapter
@@ -421,22 +455,25 @@ class UartHostLink(wiring.Component):
         Serial line from the host.
     tx : ``Out(1)``
         Serial line to the host.
-    mem, csr, frames, crc_errors, timeouts
-        As :class:`HostLink`.
+    mem, csr, stream_out, frames, crc_errors, timeouts
+        As :class:`HostLink` (``stream_out`` only with ``stream_port``).
     uart_errors : ``Out(16)``
         Characters with a bad stop bit or lost to overrun (wrapping).
     """
 
     def __init__(self, *, clk_freq: int, baud: int, max_payload: int = 256,
-                 timeout_cycles: int | None = None, addr_width: int = 32):
+                 timeout_cycles: int | None = None, addr_width: int = 32,
+                 stream_port: bool = False):
         self.uart_rx = UartRx(clk_freq=clk_freq, baud=baud)
         self.uart_tx = UartTx(clk_freq=clk_freq, baud=baud)
         self.link = HostLink(max_payload=max_payload, addr_width=addr_width,
-                             timeout_cycles=timeout_cycles or max(1, clk_freq // 20))
+                             timeout_cycles=timeout_cycles or max(1, clk_freq // 20),
+                             stream_port=stream_port)
         super().__init__({
             "rx": In(1, init=1), "tx": Out(1, init=1),
             "mem": Out(HostBusSignature(addr_width=addr_width, data_width=8)),
             "csr": Out(HostBusSignature(addr_width=8, data_width=32)),
+            **({"stream_out": Out(stream.Signature(8))} if stream_port else {}),
             "frames": Out(16), "crc_errors": Out(16), "timeouts": Out(16),
             "uart_errors": Out(16),
         })
@@ -449,6 +486,8 @@ class UartHostLink(wiring.Component):
         wiring.connect(m, link.o_stream, self.uart_tx.i_stream)
         wiring.connect(m, wiring.flipped(self.mem), link.mem)
         wiring.connect(m, wiring.flipped(self.csr), link.csr)
+        if self.link.has_stream:
+            wiring.connect(m, link.stream_out, wiring.flipped(self.stream_out))
         m.d.comb += [
             self.uart_rx.rx.eq(self.rx), self.tx.eq(self.uart_tx.tx),
             self.frames.eq(link.frames), self.crc_errors.eq(link.crc_errors),

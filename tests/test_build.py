@@ -68,3 +68,26 @@ def test_a_design_too_large_is_named(tmp_path):
     assert build._why(tmp_path, RuntimeError("x")) == "Max frequency for clock 'clk': failed"
     (tmp_path / "top.tim").unlink()
     assert build._why(tmp_path, RuntimeError("exit 1")) == "exit 1"
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_a_frozen_out_builds_the_board_top_with_the_frozen_specs_it_was_compiled_with(
+        examples, tmp_path):
+    # compile wrote the frozen block's Verilog from these specs; build must rebuild the same
+    out = tmp_path / "frozen"
+    assert main(["compile", str(examples / "digits_cnn.onnx"), "--calib",
+                 str(examples / "digits_calib.npy"), "--config", "ulx3s-85f", "--freeze", "1",
+                 "-o", str(out)]) == 0
+    from hoarfrost.gen.outdir import read_manifest
+    from hoarfrost.hw.board import BoardTop, board_counters
+    manifest = read_manifest(out)
+    specs = build.frozen_specs(out, manifest)
+    assert len(specs) == 1
+    assert (specs[0].in_channels, specs[0].out_channels) == (
+        manifest["frozen"]["input_channels"], manifest["frozen"]["output_channels"])
+    assert specs[-1].out_height * specs[-1].out_width == manifest["frozen"]["output_pixels"]
+    assert build.frozen_specs(out.parent, {"config": {}}) == ()
+    top = BoardTop(None, clk_freq=25_000_000, family="ecp5", frozen_specs=specs)
+    assert top.counter_names == board_counters(frozen=True)
+    assert top.counter_names[-3:] == ("frozen_cycles", "frozen_stall_cycles",
+                                      "frozen_out_pixels")

@@ -486,6 +486,82 @@ def test_driver_writes_and_reads_axi_memory_byte_by_byte():
     assert memory[:3] == untouched[:3] and memory[16:] == untouched[16:]
 
 
+# --- STREAM: payload bytes out of the link's stream port ---------------------------------
+
+class StreamTop(wiring.Component):
+    """The link with its stream port; memory and CSR ports left idle (never ready)."""
+
+    clk_freq = 1_000_000
+
+    def __init__(self, *, stream_port=True):
+        self.link = HostLink(max_payload=MAX_PAYLOAD, timeout_cycles=400, addr_width=16,
+                             stream_port=stream_port)
+        super().__init__({
+            "to_device": In(stream.Signature(8)), "from_device": Out(stream.Signature(8)),
+            **({"pixels": Out(stream.Signature(8))} if stream_port else {}),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.link = self.link
+        wiring.connect(m, wiring.flipped(self.to_device), self.link.i_stream)
+        wiring.connect(m, self.link.o_stream, wiring.flipped(self.from_device))
+        if self.link.has_stream:
+            wiring.connect(m, self.link.stream_out, wiring.flipped(self.pixels))
+        return m
+
+
+def _run_stream_host(dut, host, *, consumer=None, clocks=60_000):
+    async def main(ctx):
+        await host(ctx, AmaranthTransport(ctx, dut.to_device, dut.from_device,
+                                          clk_freq=dut.clk_freq))
+
+    sim = Simulator(dut)
+    sim.add_clock(1 / dut.clk_freq)
+    if consumer is not None:
+        sim.add_testbench(consumer, background=True)
+    sim.add_testbench(main)
+    sim.run()
+
+
+def test_stream_sends_payload_bytes_in_order_under_backpressure_once_per_sequence_number():
+    dut = StreamTop()
+    rng = random.Random(12)
+    data = bytes(rng.randrange(256) for _ in range(2 * MAX_PAYLOAD + 7))   # three frames
+    got, answers = bytearray(), []
+
+    async def consumer(ctx):
+        while True:
+            ready = rng.random() < 0.4        # the frozen block takes a pixel now and then
+            ctx.set(dut.pixels.ready, ready)
+            *_, valid, byte = await ctx.tick().sample(dut.pixels.valid, dut.pixels.payload)
+            if valid and ready:
+                got.append(byte)
+
+    async def host(ctx, transport):
+        await AsyncDevice(transport, timeout=0.003).stream(data)
+        frame = encode_request(Command.STREAM, 200, b"xyz")
+        answers.append(await exchange(transport, frame))
+        answers.append(await exchange(transport, frame))                 # a retry: same seq
+        answers.append(await exchange(transport, encode_request(Command.STREAM, 201, b"")))
+
+    _run_stream_host(dut, host, consumer=consumer)
+    assert bytes(got) == data + b"xyz"
+    assert [(a.seq, a.status) for a in answers] == [(200, Status.OK), (200, Status.OK),
+                                                    (201, Status.BAD_LENGTH)]
+
+
+def test_stream_without_a_stream_port_is_a_bad_command():
+    dut = StreamTop(stream_port=False)
+    answers = []
+
+    async def host(ctx, transport):
+        answers.append(await exchange(transport, encode_request(Command.STREAM, 5, b"ab")))
+
+    _run_stream_host(dut, host)
+    assert [(a.seq, a.status) for a in answers] == [(5, Status.BAD_COMMAND)]
+
+
 # --- co-simulation ---------------------------------------------------------------------------
 
 @pytest.mark.cosim

@@ -8,7 +8,9 @@ image writes the input, starts the accelerator, waits for done, reads the output
 counters back.
 
 Vectors (``$HOARFROST_VECTORS``): ``weights``, ``firmware``, ``images`` (int8, one row per
-image), ``input_addr``, ``output_addr``, ``output_len``, ``firmware_addr``. Results
+image), ``input_addr``, ``output_addr``, ``output_len``, ``firmware_addr``. An ``input_addr``
+of -1 means a frozen front end: each image (then in pixel order, ``(H*W, C)`` flattened) is sent
+with ``STREAM`` after the start instead of being written to memory. Results
 (``$HOARFROST_RESULTS``): per image the output bytes, the counters and the cycles from start to
 done as the host saw them.
 """
@@ -21,7 +23,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.firmware.host import AsyncDevice
-from hoarfrost.hw.board import BOARD_COUNTERS, BoardTop
+from hoarfrost.hw.board import BoardTop, board_counters
 from hoarfrost.hw.uart import UartRx, UartTx
 from hoarfrost.sim.tb.common import clock_and_reset, load_vectors, save_results
 from hoarfrost.sim.tb.host_link_tb import CocotbTransport
@@ -43,8 +45,9 @@ class BoardCosimTop(wiring.Component):
         The accelerator is busy.
     """
 
-    def __init__(self, config):
-        self.board = BoardTop(config, clk_freq=CLK_FREQ, family="ecp5", baud=BAUD)
+    def __init__(self, config, frozen_specs=()):
+        self.board = BoardTop(config, clk_freq=CLK_FREQ, family="ecp5", baud=BAUD,
+                              frozen_specs=frozen_specs)
         super().__init__({"to_device": In(stream.Signature(8)),
                           "from_device": Out(stream.Signature(8)), "running": Out(1)})
 
@@ -66,14 +69,19 @@ async def driver_runs_the_model_on_the_board_top(dut):
     await clock_and_reset(dut, low=("to_device__valid", "from_device__ready"))
     transport = CocotbTransport(dut, dut.clk, to_device="to_device", from_device="from_device",
                                 clk_freq=CLK_FREQ)
-    dev = AsyncDevice(transport, timeout=0.004, counter_names=BOARD_COUNTERS)
+    streamed = int(v["input_addr"]) < 0
+    dev = AsyncDevice(transport, timeout=0.004,
+                      counter_names=board_counters(frozen=streamed))
     await dev.write(0, v["weights"].tobytes())
     await dev.write(int(v["firmware_addr"]), v["firmware"].tobytes())
     runs = []
     for image in v["images"]:
-        await dev.write(int(v["input_addr"]), image.tobytes())
+        if not streamed:
+            await dev.write(int(v["input_addr"]), image.tobytes())
         started = transport.cycles
         await dev.start(int(v["firmware_addr"]))
+        if streamed:
+            await dev.stream(image.tobytes())
         await dev.wait_done(timeout=0.05)
         waited = transport.cycles - started
         output = await dev.read(int(v["output_addr"]), int(v["output_len"]))
