@@ -322,6 +322,21 @@ class _DeviceBase:
         """The accelerator's counters, ``{name: value}`` (names from ``counter_names``)."""
         return self._call(self._op_counters())
 
+    def load(self, weights: bytes, firmware: bytes, firmware_addr: int):
+        """Write a compiled model: the weight image from address 0, the firmware at
+        ``firmware_addr`` (``OUT/manifest.json``'s ``dram``)."""
+        return self._call(self._op_load(bytes(weights), bytes(firmware), firmware_addr))
+
+    def infer(self, image: bytes, *, program_addr: int, input_addr: int | None,
+              output_addr: int, output_len: int, timeout: float):
+        """Run one image through a loaded model; return ``(output bytes, counters)``.
+
+        ``input_addr`` None: the input streams into a frozen front end (``image`` is then its
+        pixels, all channels of a pixel together), sent after the start; else ``image`` is
+        written to memory at ``input_addr`` first. ``timeout``: seconds the run may take."""
+        return self._call(self._op_infer(bytes(image), program_addr, input_addr, output_addr,
+                                         output_len, timeout))
+
     def stream(self, data: bytes):
         """Send ``data`` into the accelerator's input stream (a frozen front end's pixels, all
         channels of a pixel together, raster order), split into frames as needed. Each frame
@@ -399,6 +414,20 @@ class _DeviceBase:
         for offset in range(0, len(data), step):
             chunk = data[offset:offset + step]
             yield from self._transact(Command.WRITE, struct.pack("<I", addr + offset) + chunk)
+
+    def _op_load(self, weights: bytes, firmware: bytes, firmware_addr: int):
+        yield from self._op_write(0, weights)
+        yield from self._op_write(firmware_addr, firmware)
+
+    def _op_infer(self, image, program_addr, input_addr, output_addr, output_len, timeout):
+        if input_addr is not None:
+            yield from self._op_write(input_addr, image)
+        yield from self._op_start(program_addr)
+        if input_addr is None:
+            yield from self._op_stream(image)
+        yield from self._op_wait_done(timeout)
+        output = yield from self._op_read(output_addr, output_len)
+        return output, (yield from self._op_counters())
 
     def _op_stream(self, data: bytes):
         info = yield from self._op_info()

@@ -486,6 +486,11 @@ def build_parser() -> argparse.ArgumentParser:
     flash.add_arguments(p)
     p.set_defaults(func=flash.run)
 
+    from hoarfrost.gen import run_board
+    p = sub.add_parser("run", help=run_board.HELP, description=run_board.DESCRIPTION)
+    run_board.add_arguments(p)
+    p.set_defaults(func=run_board.run)
+
     from hoarfrost.gen import report
     p = sub.add_parser("report", help=report.HELP, description=report.DESCRIPTION)
     report.add_arguments(p)

@@ -11,8 +11,8 @@ Vectors (``$HOARFROST_VECTORS``): ``weights``, ``firmware``, ``images`` (int8, o
 image), ``input_addr``, ``output_addr``, ``output_len``, ``firmware_addr``. An ``input_addr``
 of -1 means a frozen front end: each image (then in pixel order, ``(H*W, C)`` flattened) is sent
 with ``STREAM`` after the start instead of being written to memory. Results
-(``$HOARFROST_RESULTS``): per image the output bytes, the counters and the cycles from start to
-done as the host saw them.
+(``$HOARFROST_RESULTS``): per image the output bytes, the counters and the cycles from writing
+the input to reading the counters as the host saw them.
 """
 
 from __future__ import annotations
@@ -72,20 +72,15 @@ async def driver_runs_the_model_on_the_board_top(dut):
     streamed = int(v["input_addr"]) < 0
     dev = AsyncDevice(transport, timeout=0.004,
                       counter_names=board_counters(frozen=streamed))
-    await dev.write(0, v["weights"].tobytes())
-    await dev.write(int(v["firmware_addr"]), v["firmware"].tobytes())
+    await dev.load(v["weights"].tobytes(), v["firmware"].tobytes(), int(v["firmware_addr"]))
     runs = []
     for image in v["images"]:
-        if not streamed:
-            await dev.write(int(v["input_addr"]), image.tobytes())
         started = transport.cycles
-        await dev.start(int(v["firmware_addr"]))
-        if streamed:
-            await dev.stream(image.tobytes())
-        await dev.wait_done(timeout=0.05)
-        waited = transport.cycles - started
-        output = await dev.read(int(v["output_addr"]), int(v["output_len"]))
-        runs.append({"output": list(output), "counters": await dev.counters(),
-                     "host_cycles": waited})
+        output, counters = await dev.infer(
+            image.tobytes(), program_addr=int(v["firmware_addr"]),
+            input_addr=None if streamed else int(v["input_addr"]),
+            output_addr=int(v["output_addr"]), output_len=int(v["output_len"]), timeout=0.05)
+        runs.append({"output": list(output), "counters": counters,
+                     "host_cycles": transport.cycles - started})
     save_results("driver_runs_the_model_on_the_board_top",
                  {"runs": runs, "resends": dev.resends, "cycles": transport.cycles})
