@@ -243,9 +243,12 @@ class _BatchCompiler(_Compiler):
         if isinstance(layer, Conv2d):
             self.image_major(inputs[0])
             self.g = self.graph
+            images = []
             for self.index in range(self.n):
-                self.layer(layer)
+                images.append((self.addr(layer.inputs[0]), self.out_alloc(layer)))
             self.index = 0
+            self.matmul(layer, layer.weight_q, layer.groups, layer.stride, layer.pads,
+                        layer.dilation, images)
             layout = IMAGE
         elif isinstance(layer, Dense):
             n_out, k = layer.weight_q.shape

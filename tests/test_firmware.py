@@ -181,9 +181,15 @@ def test_dram_traffic_counts_weight_rereads_per_pixel_tile(examples):
     qgraph = quantize(import_onnx(examples / "digits_cnn.onnx"), np.load(examples / "digits_calib.npy"), 8)
     whole = dram_traffic(compile_graph(qgraph, CompileLimits(rows=4, cols=4)), 4, 4)
     tiled = dram_traffic(compile_graph(qgraph, CompileLimits(rows=4, cols=4, m_tile=7)), 4, 4)
-    conv1 = 2 * 3 * 4 * 4 + 12 * 8        # 8 channels: 2 N tiles x 3 K tiles x 4x4, + params
-    assert whole["layers"][0]["read_bytes"] == conv1
-    assert tiled["layers"][0]["read_bytes"] == conv1 * 10     # 64 pixels in tiles of 7
+    cached = compile_graph(qgraph, CompileLimits(rows=4, cols=4, m_tile=7, weight_cache=128))
+    weights, params = 2 * 3 * 4 * 4, 12 * 8  # 8 channels: 2 N tiles x 3 K tiles x 4x4, + params
+    assert whole["layers"][0]["read_bytes"] == weights + params
+    # 64 pixels in tiles of 7: without a weight cache each tile streams the weights again;
+    # the parameter buffer keeps the records after the first
+    assert tiled["layers"][0]["read_bytes"] == weights * 10 + params
+    # with one, a LOADW reads them once and every tile streams them from the cache
+    assert [c.op for c in cached.commands[1:4]] == [Op.GEOM, Op.LOADW, Op.MATMUL]
+    assert dram_traffic(cached, 4, 4)["layers"][0]["read_bytes"] == weights + params
     assert whole["compulsory_bytes"] == tiled["compulsory_bytes"]
     assert whole["ratio"] < 1.1 < tiled["ratio"]
 
