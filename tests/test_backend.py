@@ -269,6 +269,20 @@ def test_weight_cache_and_kept_parameters_run_bit_exact():
     assert counters["dram_read_bytes"] == firmware + 2 * 5 * 5 + weights + params + tables
 
 
+def test_loadw_stops_a_back_end_without_weight_cache():
+    """Built with ``weight_cache_bytes = 0`` the back end has no cache: a LOADW ends the
+    program as an unknown op would, after the commands before it."""
+    qgraph, rng = tiny_network(0, None, False, False)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 5, 5)).astype(np.float32))
+    config = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=32,
+                           weight_cache_bytes=0)
+    loadw = Command.make(Op.LOADW, dram_addr=0, dst=0, length=4)
+    _, counters, program = run_backend(qgraph, x[0], config=config,
+                                       edit=lambda cs: [cs[0], loadw, *cs[1:]])
+    assert program.commands[1] == loadw and counters["commands"] == 2
+    assert counters["wcache_writes"] == counters["matmul_cycles"] == 0
+
+
 def _weight_bytes(command, geom, config):
     from hoarfrost.gen.traffic import _matmul_weight_bytes
     return _matmul_weight_bytes(command, geom, config.rows, config.cols)
