@@ -160,13 +160,13 @@ class BackEnd(wiring.Component):
         m.submodules.mult_mem = mult_mem = Memory(shape=unsigned(32), depth=self.param_depth, init=[])
         m.submodules.shift_mem = shift_mem = Memory(shape=unsigned(32), depth=self.param_depth, init=[])
         bias_wr, bias_rd = bias_mem.write_port(), bias_mem.read_port()
+        mult_wr, mult_rd = mult_mem.write_port(), mult_mem.read_port()
+        shift_wr, shift_rd = shift_mem.write_port(), shift_mem.read_port()
         wcache_bytes = cfg.weight_cache_bytes
         if wcache_bytes:
             # Weights several MATMULs share, loaded once by LOADW (bytes, as DRAM holds them).
             m.submodules.wcache = wcache = Memory(shape=8, depth=wcache_bytes, init=[])
             wc_wr, wc_rd = wcache.write_port(), wcache.read_port()
-        mult_wr, mult_rd = mult_mem.write_port(), mult_mem.read_port()
-        shift_wr, shift_rd = shift_mem.write_port(), shift_mem.read_port()
 
         counters = {name: getattr(self, name) for name in BACKEND_COUNTERS}
 
