@@ -9,6 +9,12 @@ The machine
 * **Feature stream** (a back end built with ``stream_channels = C > 0``): pixels of the
   frozen front end's output, one per beat, raster order, ``C`` signed int8 lanes (lane ``c`` =
   channel ``c``), taken by ``RECV``.
+* **Weight cache** (a back end built with ``weight_cache_bytes > 0``): on-chip bytes that
+  ``LOADW`` fills and a ``MATMUL`` may stream its weights from instead of DRAM, so a weight
+  tile used by several ``MATMUL`` commands (several images, several pixel tiles) is read from DRAM
+  once. A ``MATMUL``'s ``w_addr = WCACHE | offset`` (bit 31 set) reads from its byte ``offset``.
+* **Parameter buffer**: the per-channel records of the last ``MATMUL`` that loaded them (a
+  ``POOL`` with a table overwrites it).
 * **Geometry registers**: set by ``GEOM``, read by the next ``MATMUL``/``POOL``s: the input
   feature map's shape, the window (kernel, stride, padding, dilation) and the output's shape.
 
@@ -17,6 +23,7 @@ Commands (every field unsigned unless noted; ``*_addr`` are DRAM byte addresses,
 
 ========  =================================================================================
 LOAD      ``dram_addr, dst, length``: DRAM -> scratchpad.
+LOADW     ``dram_addr, dst, length``: DRAM -> weight cache (``dst`` a byte offset in it).
 STORE     ``src, dram_addr, length``: scratchpad -> DRAM.
 GEOM      ``in_c, in_h, in_w, out_h, out_w, kh, kw, sh, sw, pad_top, pad_left, pad_bottom,
           pad_right, dh, dw``. Window positions outside the input read as padding.
@@ -27,7 +34,10 @@ MATMUL    ``src, dst, zp_in (signed), c0, cg, m0, mt, n0, nt, w_addr, p_addr, lo
           w) + bias`` with the int8 weights at ``w_addr`` in the systolic array's order (see
           :func:`weight_tiles`), then ``clamp(zp_out + rounding_shift(acc * mult, shift), lo, hi)`` with
           per-channel ``bias (int32), mult (uint32), shift (uint32)`` triples at ``p_addr``.
-          A fully connected layer is the 1x1 case.
+          A fully connected layer is the 1x1 case. ``w_addr = WCACHE | offset`` streams the
+          weights from the weight cache; ``p_addr = KEEP_PARAMS`` uses the parameter buffer
+          as the last parameter-loading ``MATMUL`` left it (the same triples are not read
+          again; no ``POOL`` with a table may run in between).
 POOL      ``src, dst, kind, zp_in (signed), lo_in, hi_in (signed), p_addr, zp_out (signed)``:
           ``kind`` 0 = max, 1 = average counting input elements only, 2 = average counting
           the explicit padding too (ONNX ``count_include_pad``), for all ``in_c`` channels.
@@ -67,6 +77,7 @@ class Op(enum.IntEnum):
     SYNC = 7
     END = 8
     RECV = 9
+    LOADW = 10
 
 
 #: Field names of each command, in encoding order. Names in SIGNED are two's complement.
@@ -83,9 +94,14 @@ FIELDS: dict[Op, tuple[str, ...]] = {
     Op.SYNC: (),
     Op.END: (),
     Op.RECV: ("dst", "pixels"),
+    Op.LOADW: ("dram_addr", "dst", "length"),
 }
 SIGNED = frozenset({"zp_in", "zp_out", "zp_a", "zp_b", "lo", "hi", "lo_in", "hi_in"})
 NO_PARAMS = 0xFFFF_FFFF
+#: ``MATMUL.p_addr``: keep the parameter buffer's records (see the table above).
+KEEP_PARAMS = NO_PARAMS
+#: ``MATMUL.w_addr`` bit: the weights are in the weight cache at the low 31 bits.
+WCACHE = 1 << 31
 POOL_MAX, POOL_AVG, POOL_AVG_PAD = 0, 1, 2
 
 

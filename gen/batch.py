@@ -19,15 +19,20 @@ Two schedules (``schedule=``):
     Inter-layer Data Reuse", MLSys 2019, arXiv:1810.00307): groups and sub-batch sizes chosen to
     minimise the DRAM bytes (dynamic programming over the cut points, each group's bytes
     measured on its compiled commands, each group in the largest sub-batch that fits):
-    larger groups keep more feature maps on chip but need smaller sub-batches, and every
-    sub-batch reads the group's weights again.
+    larger groups keep more feature maps on chip but need smaller sub-batches, and a
+    sub-batch reads again what the on-chip buffers did not keep (the parameters of layers
+    that alternate, weights the weight cache cannot hold).
 
-How a layer runs on ``S`` images with the unchanged ISA (the sub-batch's feature maps sit in
-one block, image after image, each CHW, unless noted):
+How a layer runs on ``S`` images (the sub-batch's feature maps sit in one block, image after
+image, each CHW, unless noted):
 
-* convolution: one ``MATMUL`` per image and weight tile (a ``MATMUL``'s output pixels are those
-  of one feature map, so images cannot share a command; the back end streams every
-  ``MATMUL``'s weights from DRAM, so each image reads them again, in both schedules);
+* convolution: one ``MATMUL`` per image and weight tile, tile by tile (a ``MATMUL``'s output
+  pixels are those of one feature map, so images cannot share a command). A tile serving
+  several commands is loaded into the back end's weight cache by one ``LOADW`` and streamed
+  from there by every image's ``MATMUL``; it stays cached across sub-batches and layers
+  until the cache is full (then the cache is emptied and refilled). After the first, the
+  tile's ``MATMUL`` commands keep the parameter buffer (``KEEP_PARAMS``). Both schedules use the
+  same ISA and the same cache, so the weights cost about their compulsory bytes in both;
 * fully connected: the ``S`` images are the pixels of one ``MATMUL``: the block of ``S``
   flattened inputs is the map ``(1, S, K)`` under a ``1 x K`` window, so each weight tile is
   read once per sub-batch (and per ``m_tile`` images). The output is *batch-major* ``(N, S)``
@@ -40,8 +45,8 @@ one block, image after image, each CHW, unless noted):
 
 Every image's output equals the golden model's in both schedules (tests/test_mbs.py). A
 ``SYNC`` follows each sub-batch's spill stores. Transfers are not double-buffered: the back end
-runs ``LOAD``/``STORE`` to completion before the next command, so only a ``MATMUL``'s own
-weight stream overlaps compute.
+runs ``LOAD``/``LOADW``/``STORE`` to completion before the next command, so only a
+``MATMUL``'s own weight stream overlaps compute.
 """
 
 from __future__ import annotations
@@ -243,9 +248,12 @@ class _BatchCompiler(_Compiler):
         if isinstance(layer, Conv2d):
             self.image_major(inputs[0])
             self.g = self.graph
+            images = []
             for self.index in range(self.n):
-                self.layer(layer)
+                images.append((self.addr(layer.inputs[0]), self.out_alloc(layer)))
             self.index = 0
+            self.matmul(layer, layer.weight_q, layer.groups, layer.stride, layer.pads,
+                        layer.dilation, images)
             layout = IMAGE
         elif isinstance(layer, Dense):
             n_out, k = layer.weight_q.shape

@@ -36,10 +36,10 @@ DATA_WIDTHS = (32, 64, 128)
 MAX_BEATS = 1 << 16
 MAX_LATENCY = 1000
 #: Why the batch figures are what they are (printed with them).
-NOTES = ("mini-batch serialization saves the feature-map spills only: the back end streams each "
-         "MATMUL's weights from DRAM and a MATMUL covers one image's pixels, so convolutions read "
-         "their weights once per image in both schedules (fully connected layers once per "
-         "sub-batch).")
+NOTES = ("mini-batch serialization keeps feature maps on chip; in both schedules each "
+         "convolution's weights enter the weight cache once (LOADW) and every image's MATMUL "
+         "streams them from there, while the parameter buffer is reloaded when layers alternate "
+         "(once per sub-batch with MBS).")
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MAX_BATCH = 256
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hoarfrost.firmware.isa import (NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX, Command, Op,
-                                    weight_tiles)
+from hoarfrost.firmware.isa import (KEEP_PARAMS, NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX,
+                                    WCACHE, Command, Op, weight_tiles)
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import (Activation, Add, AvgPool2d, Conv2d, Dense, Graph, Layer,
                               MaxPool2d, Reshape)
@@ -40,13 +40,14 @@ class CompileLimits:
     cols: int = 4
     a_depth: int = 1 << 20       # activation-buffer entries: mt * ceil(K / rows) must fit
     table_depth: int = 1 << 16   # parameter-buffer entries an average-pooling table may use
+    weight_cache: int = 0        # weight-cache bytes (LOADW); 0: every MATMUL reads DRAM
 
     @classmethod
     def for_backend(cls, config, scratch_bytes: int, param_depth: int) -> "CompileLimits":
         """The limits of a :class:`~hoarfrost.hw.backend.BackEnd` built from ``config``."""
         return cls(scratch_bytes=scratch_bytes, m_tile=config.acc_depth, n_tile=param_depth,
                    rows=config.rows, cols=config.cols, a_depth=config.a_depth,
-                   table_depth=param_depth)
+                   table_depth=param_depth, weight_cache=config.weight_cache_bytes)
 
 
 @dataclass
@@ -147,6 +148,9 @@ class _Compiler:
         self.alias: dict[str, str] = {}       # reshape output -> the tensor holding its bytes
         self.commands: list[Command] = []
         self.table: list[dict] = []
+        self.wcache: dict[int, int] = {}      # DRAM weight address -> weight-cache offset
+        self.wcache_top = 0
+        self.params_loaded: int | None = None  # DRAM address of the parameter buffer's records
 
     def size(self, tensor: str) -> int:
         return int(np.prod(self.g.shapes[tensor]))
@@ -245,12 +249,18 @@ class _Compiler:
     def chw(shape):
         return tuple(shape) if len(shape) == 3 else (int(np.prod(shape)), 1, 1)
 
-    def matmul(self, layer, weight_q, groups, stride, pads, dilation):
+    def matmul(self, layer, weight_q, groups, stride, pads, dilation, images=None):
+        """``MATMUL`` commands of ``layer`` on each image of ``images``, ``(src, dst)`` scratchpad
+        offsets (default: the layer's one input and output), weight tile by weight tile: a
+        tile that serves several commands (images, pixel tiles) is read from DRAM once into
+        the weight cache where it fits, and its parameters are loaded once while the parameter
+        buffer keeps them."""
         q_in, q_out = self.g.quant[layer.inputs[0]], self.g.quant[layer.output]
         in_shape = self.chw(self.g.shapes[layer.inputs[0]])
         out_shape = self.chw(self.g.shapes[layer.output])
         n_out, cg, kh, kw = weight_q.shape
-        src, dst = self.addr(layer.inputs[0]), self.out_alloc(layer)
+        if images is None:
+            images = [(self.addr(layer.inputs[0]), self.out_alloc(layer))]
         self.geom(in_shape, out_shape, (kh, kw), stride, pads, dilation)
         rq = layer.requant
         pixels = out_shape[1] * out_shape[2]
@@ -261,19 +271,46 @@ class _Compiler:
             raise HoarfrostError(f"layer {layer.name!r}: one output pixel needs {k_tiles} "
                                  f"activation-buffer entries, the configuration has "
                                  f"{self.limits.a_depth}; raise a_depth")
+        uses = len(images) * -(-pixels // m_tile)          # commands per weight tile
         for group in range(groups):
             for n0 in range(group * fg, (group + 1) * fg, self.limits.n_tile):
                 nt = min(self.limits.n_tile, (group + 1) * fg - n0)
                 tiles = weight_tiles(weight_q[n0:n0 + nt].reshape(nt, -1), self.limits.rows,
                                      self.limits.cols)
                 w_addr = self.image.put(tiles.tobytes())
+                if uses > 1:
+                    w_addr = self.cached(w_addr, tiles.size)
                 p_addr = self.image.put(_params_blob(layer.bias_q[n0:n0 + nt],
                                                      rq.multiplier[n0:n0 + nt], rq.shift[n0:n0 + nt]))
-                for m0 in range(0, pixels, m_tile):
-                    self.emit(Op.MATMUL, src=src, dst=dst, zp_in=q_in.zero_point, c0=group * cg,
-                              cg=cg, m0=m0, mt=min(m_tile, pixels - m0), n0=n0, nt=nt,
-                              w_addr=w_addr, p_addr=p_addr, lo=rq.lo, hi=rq.hi,
-                              zp_out=q_out.zero_point)
+                for src, dst in images:
+                    for m0 in range(0, pixels, m_tile):
+                        self.emit(Op.MATMUL, src=src, dst=dst, zp_in=q_in.zero_point,
+                                  c0=group * cg, cg=cg, m0=m0, mt=min(m_tile, pixels - m0),
+                                  n0=n0, nt=nt, w_addr=w_addr, p_addr=self.params(p_addr),
+                                  lo=rq.lo, hi=rq.hi, zp_out=q_out.zero_point)
+
+    def params(self, p_addr: int) -> int:
+        """A ``MATMUL``'s ``p_addr`` for the records at ``p_addr``: ``KEEP_PARAMS`` when the
+        parameter buffer holds them already (the last records loaded, no pooling table since)."""
+        if p_addr == self.params_loaded:
+            return KEEP_PARAMS
+        self.params_loaded = p_addr
+        return p_addr
+
+    def cached(self, w_addr: int, length: int) -> int:
+        """The ``MATMUL`` weight address of the ``length`` bytes at DRAM ``w_addr``: in the
+        weight cache (loaded by a ``LOADW`` unless still there; a full cache is emptied), or
+        ``w_addr`` itself when they do not fit it."""
+        if length > self.limits.weight_cache:
+            return w_addr
+        if w_addr not in self.wcache:
+            if self.wcache_top + length > self.limits.weight_cache:
+                self.wcache.clear()
+                self.wcache_top = 0
+            self.wcache[w_addr] = self.wcache_top
+            self.emit(Op.LOADW, dram_addr=w_addr, dst=self.wcache_top, length=length)
+            self.wcache_top += _align(length)
+        return WCACHE | self.wcache[w_addr]
 
     def pool(self, layer):
         q_in, q_out = self.g.quant[layer.inputs[0]], self.g.quant[layer.output]
@@ -294,8 +331,13 @@ class _Compiler:
                                      f"{self.limits.table_depth}; raise param_depth")
             lo, hi = rq.lo, rq.hi
             p_addr = self.image.put(_table_blob(rq.multiplier, rq.shift))
-        self.emit(Op.POOL, src=src, dst=dst, kind=kind, zp_in=q_in.zero_point, lo_in=lo,
-                  hi_in=hi, p_addr=p_addr, zp_out=q_out.zero_point)
+        self.pool_command(src=src, dst=dst, kind=kind, zp_in=q_in.zero_point, lo_in=lo,
+                          hi_in=hi, p_addr=p_addr, zp_out=q_out.zero_point)
+
+    def pool_command(self, **fields) -> None:
+        if fields["p_addr"] != NO_PARAMS:
+            self.params_loaded = None        # the table overwrites the parameter buffer
+        self.emit(Op.POOL, **fields)
 
     def pointwise(self, layer, lo, hi):
         """Clamp (and rescale) every element: a 1x1 max pool over the tensor."""
@@ -305,8 +347,8 @@ class _Compiler:
         self.geom(shape, shape, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1))
         rq = layer.requant
         p_addr = NO_PARAMS if rq is None else self.image.put(_table_blob(rq.multiplier, rq.shift))
-        self.emit(Op.POOL, src=src, dst=dst, kind=POOL_MAX, zp_in=q_in.zero_point, lo_in=lo,
-                  hi_in=hi, p_addr=p_addr, zp_out=q_out.zero_point)
+        self.pool_command(src=src, dst=dst, kind=POOL_MAX, zp_in=q_in.zero_point, lo_in=lo,
+                          hi_in=hi, p_addr=p_addr, zp_out=q_out.zero_point)
 
     def add(self, layer):
         qa, qb = (self.g.quant[t] for t in layer.inputs)

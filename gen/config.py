@@ -134,7 +134,9 @@ def _from_toml(path: Path) -> HardwareConfig:
         elif key == "param_depth":
             params = _check_int(value, name, where, 2)
         elif key in _BACKEND_FIELDS:
-            overrides[key] = _check_int(value, name, where)
+            # a weight cache of 0 bytes is none at all
+            overrides[key] = _check_int(value, name, where,
+                                        0 if key == "weight_cache_bytes" else 1)
         else:
             known = sorted([*_BACKEND_FIELDS, "scratch_bytes", "param_depth"])
             raise HoarfrostError(f"{where}: unknown key {name!r} (known: {', '.join(known)})")

@@ -36,7 +36,7 @@ import tempfile
 from pathlib import Path
 
 from hoarfrost import __version__
-from hoarfrost.firmware.isa import NO_PARAMS, Op, decode, disassemble, encode
+from hoarfrost.firmware.isa import KEEP_PARAMS, NO_PARAMS, Op, decode, disassemble, encode
 from hoarfrost.gen.config import HardwareConfig
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import Graph, macs
@@ -133,11 +133,16 @@ def layer_table(graph: Graph, program, config: HardwareConfig) -> list[dict]:
         for c in commands:
             if c.op == Op.GEOM:
                 k = c.kh * c.kw
-            elif c.op == Op.MATMUL and (c.w_addr, c.p_addr) not in seen:
-                seen.add((c.w_addr, c.p_addr))
-                weight_bytes += (math.ceil(c.nt / cols) * math.ceil(c.cg * k / rows_)
-                                 * rows_ * cols)
-                param_bytes += 12 * c.nt
+            elif c.op == Op.MATMUL:
+                # a tile's weights and parameters once (later commands may read them from
+                # the weight cache and keep the parameter buffer)
+                if ("w", c.w_addr) not in seen:
+                    seen.add(("w", c.w_addr))
+                    weight_bytes += (math.ceil(c.nt / cols) * math.ceil(c.cg * k / rows_)
+                                     * rows_ * cols)
+                if c.p_addr != KEEP_PARAMS and ("p", c.p_addr) not in seen:
+                    seen.add(("p", c.p_addr))
+                    param_bytes += 12 * c.nt
             elif c.op == Op.POOL and c.p_addr != NO_PARAMS and c.p_addr not in seen:
                 seen.add(c.p_addr)
                 param_bytes += 8 * (1 if c.kind == 0 else k + 1)

@@ -2,9 +2,10 @@
 
 Off-chip bytes cost ~100x an on-chip SRAM access (640 pJ against 5 pJ per 32 bits at 45 nm),
 so the compiler reports what each layer moves: the weights and parameters its ``MATMUL``/
-``POOL`` commands read (the back end streams a ``MATMUL``'s weights from DRAM, so a weight tile
-is read again for every command that uses it: every output-pixel tile, and in a batch every
-image or sub-batch), the feature maps it spills to DRAM and loads back, the input it loads and
+``POOL`` commands read (a ``MATMUL`` streams its weights from DRAM, or from the weight cache a
+``LOADW`` filled: a tile that several commands use, every output-pixel tile or in a batch
+every image, is read once while it stays cached; a ``MATMUL`` that keeps the parameter buffer
+reads no parameters), the feature maps it spills to DRAM and loads back, the input it loads and
 the output it stores, and the firmware the sequencer fetches. The compulsory minimum reads
 every weight (unpadded) and parameter byte once, every input image once, and writes every
 output once.
@@ -16,7 +17,7 @@ layer each command belongs to (``command_layers``).
 
 from __future__ import annotations
 
-from hoarfrost.firmware.isa import FIELDS, NO_PARAMS, POOL_MAX, Op
+from hoarfrost.firmware.isa import FIELDS, KEEP_PARAMS, NO_PARAMS, POOL_MAX, WCACHE, Op
 
 PARAM_BYTES = 12        # (bias int32, multiplier uint32, shift uint32) per output channel
 TABLE_BYTES = 8         # (multiplier, shift) per pooling-table entry
@@ -37,8 +38,11 @@ def command_bytes(command, geom: dict, rows: int, cols: int) -> tuple[int, int]:
         return command.length, 0
     if command.op == Op.STORE:
         return 0, command.length
+    if command.op == Op.LOADW:
+        return command.length, 0
     if command.op == Op.MATMUL:
-        return _matmul_weight_bytes(command, geom, rows, cols) + PARAM_BYTES * command.nt, 0
+        weights = 0 if command.w_addr & WCACHE else _matmul_weight_bytes(command, geom, rows, cols)
+        return weights + (0 if command.p_addr == KEEP_PARAMS else PARAM_BYTES * command.nt), 0
     if command.op == Op.POOL and command.p_addr != NO_PARAMS:
         entries = 1 if command.kind == POOL_MAX else geom["kh"] * geom["kw"] + 1
         return TABLE_BYTES * entries, 0
@@ -63,12 +67,17 @@ def _single_image_compulsory(program, tags, rows: int, cols: int) -> list[int]:
     first use, every pooling table."""
     geom: dict[str, int] = {}
     seen: set[int] = set()
+    cache: dict[int, int] = {}            # weight-cache offset -> DRAM address loaded there
     per_layer = [0] * len(program.layers)
     for command, tag in zip(program.commands, tags):
+        w_addr = 0 if command.op != Op.MATMUL else (
+            cache[command.w_addr & ~WCACHE] if command.w_addr & WCACHE else command.w_addr)
         if command.op == Op.GEOM:
             geom = dict(command.fields)
-        elif command.op == Op.MATMUL and command.w_addr not in seen:
-            seen.add(command.w_addr)
+        elif command.op == Op.LOADW:
+            cache[command.dst] = command.dram_addr
+        elif command.op == Op.MATMUL and w_addr not in seen:
+            seen.add(w_addr)
             per_layer[tag] += command.nt * (command.cg * geom["kh"] * geom["kw"] + PARAM_BYTES)
         elif command.op == Op.POOL:
             per_layer[tag] += command_bytes(command, geom, rows, cols)[0]

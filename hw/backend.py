@@ -3,13 +3,16 @@
 The sequencer fetches commands (:mod:`hoarfrost.firmware.isa`) from DRAM and executes them one
 after another:
 
-* ``LOAD``/``STORE`` copy bytes between DRAM and the scratchpad;
+* ``LOAD``/``STORE`` copy bytes between DRAM and the scratchpad, ``LOADW`` from DRAM into
+  the weight cache (a back end built with ``weight_cache_bytes > 0``);
 * ``GEOM`` sets the window geometry registers;
 * ``MATMUL`` reads the tile's per-channel parameters, starts the :class:`GemmEngine` and feeds
   it concurrently from three producers: the im2col *gatherer* (activation rows from the
-  scratchpad, padding as the zero point), the *weight feeder* (one contiguous DRAM read, the
-  compiler lays weights out in the array's order) and the *bias feeder*; the *drain* takes the
-  engine's int32 results through the :class:`Requantizer` into the scratchpad (CHW);
+  scratchpad, padding as the zero point), the *weight feeder* (one contiguous read of DRAM or,
+  for ``w_addr = WCACHE | offset``, of the weight cache; the compiler lays weights out in the
+  array's order) and the *bias feeder*; the *drain* takes the engine's int32 results through
+  the :class:`Requantizer` into the scratchpad (CHW). ``p_addr = KEEP_PARAMS`` skips loading
+  the parameters: the buffer keeps the last ones;
 * ``POOL`` (max/average, or a standalone clamp as a 1x1 max) and ``ADD`` (residual) run on a
   scalar unit that shares the requantizer;
 * ``RECV`` (a back end built with ``stream_channels > 0``) takes pixels of the frozen front
@@ -36,7 +39,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hoarfrost.firmware.isa import (FIELDS, NO_PARAMS, POOL_AVG_PAD, POOL_MAX, SIGNED, Op)
+from hoarfrost.firmware.isa import (FIELDS, KEEP_PARAMS, NO_PARAMS, POOL_AVG_PAD, POOL_MAX,
+                                    SIGNED, WCACHE, Op)
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.gemm_engine import GemmEngine
 from hoarfrost.hw.line_buffer import pixel_layout
@@ -61,6 +65,7 @@ BACKEND_COUNTERS = (
     "a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes",
     "param_writes",      # 32-bit words written to the parameter buffers
     "recv_cycles",       # executing RECV (waiting for and writing feature-stream pixels)
+    "wcache_reads", "wcache_writes",        # weight-cache bytes (MATMUL weights, LOADW)
 )
 
 
@@ -84,6 +89,9 @@ class BackEnd(wiring.Component):
     stream_channels : int
         Lanes of the ``feature_in`` stream (the frozen front end's output channels); 0 (the
         default) builds no stream, and ``RECV`` then stops the machine like an unknown op.
+
+    The weight cache has ``config.weight_cache_bytes`` bytes (none when 0: ``LOADW`` then
+    stops the machine like an unknown op).
 
     Members
     -------
@@ -154,6 +162,11 @@ class BackEnd(wiring.Component):
         bias_wr, bias_rd = bias_mem.write_port(), bias_mem.read_port()
         mult_wr, mult_rd = mult_mem.write_port(), mult_mem.read_port()
         shift_wr, shift_rd = shift_mem.write_port(), shift_mem.read_port()
+        wcache_bytes = cfg.weight_cache_bytes
+        if wcache_bytes:
+            # Weights several MATMULs share, loaded once by LOADW (bytes, as DRAM holds them).
+            m.submodules.wcache = wcache = Memory(shape=8, depth=wcache_bytes, init=[])
+            wc_wr, wc_rd = wcache.write_port(), wcache.read_port()
 
         counters = {name: getattr(self, name) for name in BACKEND_COUNTERS}
 
@@ -357,15 +370,34 @@ class BackEnd(wiring.Component):
         w_lane = Signal(range(C + 1))
         w_beat = Signal(cfg.weight_bits * C)
         w_full = Signal()
+        # The byte source: DRAM's read stream, or the weight cache read as a stream of the
+        # same timing: its read port always holds byte wc_ptr (the address is the pointer
+        # plus the byte taken this cycle), so a byte is there every cycle from the first.
+        w_cached = Signal()           # this MATMUL's weights come from the weight cache
+        wc_ptr = Signal(range(max(wcache_bytes, 2)))
+        wc_left = Signal(32)          # weight-cache bytes of this MATMUL not yet taken
+        wc_take = Signal()
+        w_src_valid, w_src_byte, w_src_last = (
+            Mux(w_cached, wc_left != 0, self.rd_data.valid),
+            Mux(w_cached, wc_rd.data, self.rd_data.payload) if wcache_bytes
+            else self.rd_data.payload,
+            Mux(w_cached, wc_left == 1, rd_left == 1))
         m.d.comb += [engine.b_stream.valid.eq(w_full), engine.b_stream.payload.eq(w_beat)]
-        with m.If(w_active & ~w_full & self.rd_data.valid):
-            m.d.comb += self.rd_data.ready.eq(1)
-            m.d.sync += [w_beat.word_select(w_lane, cfg.weight_bits).eq(self.rd_data.payload[:cfg.weight_bits]),
+        with m.If(w_active & ~w_full & w_src_valid):
+            with m.If(w_cached):
+                m.d.comb += wc_take.eq(1)
+                m.d.sync += [wc_ptr.eq(wc_ptr + 1), wc_left.eq(wc_left - 1),
+                             count("wcache_reads")]
+            with m.Else():
+                m.d.comb += self.rd_data.ready.eq(1)
+            m.d.sync += [w_beat.word_select(w_lane, cfg.weight_bits).eq(w_src_byte[:cfg.weight_bits]),
                          w_lane.eq(w_lane + 1)]
             with m.If(w_lane == C - 1):
                 m.d.sync += [w_full.eq(1), w_lane.eq(0)]
-                with m.If(rd_left == 1):
+                with m.If(w_src_last):
                     m.d.sync += w_active.eq(0)
+        if wcache_bytes:
+            m.d.comb += wc_rd.addr.eq(wc_ptr + wc_take)
         with m.If(engine.b_stream.valid & engine.b_stream.ready):
             m.d.sync += w_full.eq(0)
 
@@ -589,6 +621,9 @@ class BackEnd(wiring.Component):
                 with m.Switch(op):
                     with m.Case(Op.LOAD):
                         m.next = "LOAD_REQ"
+                    if wcache_bytes:
+                        with m.Case(Op.LOADW):          # (LOAD's fields, LOAD's states)
+                            m.next = "LOAD_REQ"
                     with m.Case(Op.STORE):
                         m.next = "STORE_REQ"
                     with m.Case(Op.GEOM):
@@ -655,10 +690,18 @@ class BackEnd(wiring.Component):
                 with m.If(copy_i == field(Op.LOAD, "length")):
                     m.next = "FETCH"
                 with m.Elif(self.rd_data.valid):
-                    m.d.comb += [self.rd_data.ready.eq(1), s_wr.en.eq(1),
-                                 s_wr.addr.eq(field(Op.LOAD, "dst") + copy_i),
-                                 s_wr.data.eq(self.rd_data.payload)]
-                    m.d.sync += [copy_i.eq(copy_i + 1), count("scratch_writes")]
+                    m.d.comb += self.rd_data.ready.eq(1)
+                    m.d.sync += copy_i.eq(copy_i + 1)
+                    with m.If(op == Op.LOAD):
+                        m.d.comb += [s_wr.en.eq(1), s_wr.addr.eq(field(Op.LOAD, "dst") + copy_i),
+                                     s_wr.data.eq(self.rd_data.payload)]
+                        m.d.sync += count("scratch_writes")
+                    if wcache_bytes:
+                        with m.Else():
+                            m.d.comb += [wc_wr.en.eq(1),
+                                         wc_wr.addr.eq(field(Op.LOADW, "dst") + copy_i),
+                                         wc_wr.data.eq(self.rd_data.payload)]
+                            m.d.sync += count("wcache_writes")
 
             with m.State("STORE_REQ"):
                 m.d.sync += count("copy_cycles")
@@ -700,7 +743,10 @@ class BackEnd(wiring.Component):
                 def mm_setup_done():
                     m.d.sync += [param_i.eq(0), param_words.eq((nt << 1) + nt), param_rec.eq(3),
                                  param_r.eq(0), param_slot.eq(0)]
-                    m.next = "MM_PARAMS_REQ"
+                    with m.If(field(Op.MATMUL, "p_addr") == KEEP_PARAMS):
+                        m.next = "MM_START"     # the parameter buffer holds them already
+                    with m.Else():
+                        m.next = "MM_PARAMS_REQ"
 
                 products([
                     (field(Op.MATMUL, "cg"), khkw, lambda p: [k_total.eq(p)]),
@@ -721,11 +767,23 @@ class BackEnd(wiring.Component):
                     m.next = "PARAMS"
             with m.State("MM_START"):
                 m.d.sync += count("matmul_cycles")
-                m.d.comb += dram_read(field(Op.MATMUL, "w_addr"), w_bytes)
-                with m.If(self.rd_cmd.ready):
+                w_addr = field(Op.MATMUL, "w_addr")
+                cached = (w_addr & WCACHE).any() if wcache_bytes else 0
+                started = Signal()
+                if wcache_bytes:
+                    with m.If(cached):
+                        # the cache's read port fetches the first byte now
+                        m.d.comb += [started.eq(1), wc_rd.addr.eq(w_addr[:len(wc_ptr)])]
+                    with m.Else():
+                        m.d.comb += [*dram_read(w_addr, w_bytes), started.eq(self.rd_cmd.ready)]
+                else:
+                    m.d.comb += [*dram_read(w_addr, w_bytes), started.eq(self.rd_cmd.ready)]
+                with m.If(started):
                     m.d.comb += engine.start.eq(1)
                     m.d.sync += [
-                        rd_left.eq(w_bytes), engine_started.eq(1),
+                        rd_left.eq(Mux(cached, 0, w_bytes)), engine_started.eq(1),
+                        w_cached.eq(cached), wc_ptr.eq(w_addr[:len(wc_ptr)]),
+                        wc_left.eq(Mux(cached, w_bytes, 0)),
                         # gatherer
                         g_active.eq(1), g_full.eq(0), g_pend.eq(0), g_kt.eq(0), g_m.eq(0),
                         g_r.eq(0), g_ox.eq(ox0), g_yb.eq(mm_yb0), g_xb.eq(mm_xb0),

@@ -43,6 +43,10 @@ class BackendConfig:
         of two of at least ``2 * rows`` so the next tile loads while the current one computes.
     acc_depth : int
         Rows of each of the two accumulator banks: the largest M the engine takes.
+    weight_cache_bytes : int
+        Bytes of the back end's weight cache (``LOADW``), from which a ``MATMUL`` may stream
+        weights that several commands share instead of reading them from DRAM again; 0 builds
+        none.
     counter_width : int
         Width of the event counters (they wrap).
     """
@@ -55,6 +59,7 @@ class BackendConfig:
     a_depth: int = 512
     w_depth: int = 16
     acc_depth: int = 128
+    weight_cache_bytes: int = 2048
     counter_width: int = 32
 
     def __post_init__(self):
@@ -72,6 +77,9 @@ class BackendConfig:
         if not _is_power_of_two(self.w_depth) or self.w_depth < 2 * self.rows:
             raise ValueError(f"w_depth must be a power of two of at least 2 * rows = "
                              f"{2 * self.rows}, not {self.w_depth!r}")
+        if not isinstance(self.weight_cache_bytes, int) or self.weight_cache_bytes < 0:
+            raise ValueError(f"weight_cache_bytes must be a non-negative integer, not "
+                             f"{self.weight_cache_bytes!r}")
         if self.counter_width < 16:
             raise ValueError(f"counter_width must be at least 16, not {self.counter_width!r}")
 
@@ -114,9 +122,9 @@ class BackendConfig:
 #: A mid-sized array for simulation and tests.
 DEFAULT = BackendConfig()
 
-#: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers.
+#: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers, no weight cache.
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
-                                 acc_depth=64)
+                                 acc_depth=64, weight_cache_bytes=0)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

@@ -37,6 +37,7 @@ def run_batch(program, x_int8: np.ndarray, limits) -> np.ndarray:
 
     ``limits`` is the :class:`~hoarfrost.gen.compiler.CompileLimits` it was compiled for."""
     dram, _ = batch_dram(program, x_int8)
-    machine = IsaMachine(bytes(dram), len(dram), limits.scratch_bytes, limits.rows, limits.cols)
+    machine = IsaMachine(bytes(dram), len(dram), limits.scratch_bytes, limits.rows, limits.cols,
+                         weight_cache_bytes=limits.weight_cache)
     machine.run(program.commands)
     return read_outputs(program, machine.dram)

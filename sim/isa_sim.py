@@ -13,17 +13,18 @@ import struct
 
 import numpy as np
 
-from hoarfrost.firmware.isa import (NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX, Command,
-                                    IsaError, Op, weight_untiles)
+from hoarfrost.firmware.isa import (KEEP_PARAMS, NO_PARAMS, POOL_AVG, POOL_AVG_PAD, POOL_MAX,
+                                    WCACHE, Command, IsaError, Op, weight_untiles)
 from hoarfrost.sim.arith import requantize, rounding_shift
 from hoarfrost.sim.golden import _windows
 
 
 class IsaMachine:
-    """DRAM + scratchpad + geometry registers; :meth:`run` executes commands."""
+    """DRAM + scratchpad + weight cache + parameter buffer + geometry registers; :meth:`run`
+    executes commands."""
 
     def __init__(self, image: bytes, dram_bytes: int, scratch_bytes: int, rows: int, cols: int,
-                 features: np.ndarray | None = None):
+                 features: np.ndarray | None = None, weight_cache_bytes: int = 0):
         self.rows, self.cols = rows, cols          # the weight layout follows the array
         # The feature stream: beats (pixels in raster order) x lanes (channels).
         self.beats = None if features is None else _raster(features)
@@ -31,6 +32,8 @@ class IsaMachine:
         self.dram = np.zeros(max(dram_bytes, len(image)), dtype=np.uint8)
         self.dram[:len(image)] = np.frombuffer(image, dtype=np.uint8)
         self.scratch = np.zeros(scratch_bytes, dtype=np.uint8)
+        self.wcache = np.zeros(weight_cache_bytes, dtype=np.uint8)
+        self.params: np.ndarray | None = None      # the parameter buffer's MATMUL records
         self.geom: dict[str, int] = {}
         self.counts = {op.name: 0 for op in Op}
 
@@ -71,6 +74,12 @@ class IsaMachine:
     def _load(self, c):
         self.scratch[c.dst:c.dst + c.length] = self.dram[c.dram_addr:c.dram_addr + c.length]
 
+    def _loadw(self, c):
+        if c.dst + c.length > len(self.wcache):
+            raise IsaError(f"LOADW {c.dst}+{c.length} beyond the weight cache of "
+                           f"{len(self.wcache)} bytes")
+        self.wcache[c.dst:c.dst + c.length] = self.dram[c.dram_addr:c.dram_addr + c.length]
+
     def _store(self, c):
         self.dram[c.dram_addr:c.dram_addr + c.length] = self.scratch[c.src:c.src + c.length]
 
@@ -97,9 +106,16 @@ class IsaMachine:
         rows = win.transpose(1, 2, 0, 3, 4).reshape(g["out_h"] * g["out_w"], -1)[c.m0:c.m0 + c.mt]
         k = rows.shape[1]
         size = -(-c.nt // self.cols) * -(-k // self.rows) * self.rows * self.cols
-        weights = weight_untiles(self.s8(self.dram, c.w_addr, size), c.nt, k, self.rows,
-                                 self.cols).astype(np.int64)
-        params = np.array(self.words(c.p_addr, c.nt, "<iII"), dtype=np.int64)
+        source = (self.s8(self.wcache, c.w_addr & ~WCACHE, size) if c.w_addr & WCACHE
+                  else self.s8(self.dram, c.w_addr, size))
+        weights = weight_untiles(source, c.nt, k, self.rows, self.cols).astype(np.int64)
+        if c.p_addr == KEEP_PARAMS:
+            if self.params is None or len(self.params) < c.nt:
+                raise IsaError(f"MATMUL keeps the parameters of {c.nt} channels, the buffer "
+                               f"holds {0 if self.params is None else len(self.params)}")
+            params = self.params[:c.nt]
+        else:
+            params = self.params = np.array(self.words(c.p_addr, c.nt, "<iII"), dtype=np.int64)
         acc = rows @ weights.T + params[:, 0]                                # mt x nt
         y = requantize(acc, params[:, 1], params[:, 2], c.zp_out, c.lo, c.hi)
         out = self.s8(self.scratch, c.dst, (c.n0 + c.nt) * g["out_h"] * g["out_w"])
@@ -109,6 +125,8 @@ class IsaMachine:
     def _pool(self, c):
         g = self.geom
         x = self.fmap(c.src, g["in_c"], g["in_h"], g["in_w"]).astype(np.int64)
+        if c.p_addr != NO_PARAMS:
+            self.params = None                  # its table overwrites the parameter buffer
         if c.kind == POOL_MAX:
             y = np.clip(self.window_view(x, -129).max(axis=(-1, -2)), c.lo_in, c.hi_in)
             if c.p_addr != NO_PARAMS:
@@ -147,7 +165,8 @@ def run_program(program, x_int8: np.ndarray, limits) -> np.ndarray:
     the feature stream instead: the ``(C, H, W)`` output of the frozen front end."""
     streamed = program.input_addr is None
     machine = IsaMachine(program.image, program.dram_bytes, limits.scratch_bytes, limits.rows,
-                         limits.cols, features=x_int8 if streamed else None)
+                         limits.cols, features=x_int8 if streamed else None,
+                         weight_cache_bytes=limits.weight_cache)
     if not streamed:
         blob = np.ascontiguousarray(x_int8, dtype=np.int8).reshape(-1).view(np.uint8)
         machine.dram[program.input_addr:program.input_addr + blob.size] = blob

@@ -21,6 +21,8 @@ counter                events
                        padding included: it toggles the multiplier all the same)
 ``scratch_reads``      ``sram_read32`` per 4 bytes (the counter counts bytes)
 ``scratch_writes``     ``sram_write32`` per 4 bytes
+``wcache_reads``,      the weight cache's bytes: ``sram_read32`` / ``sram_write32`` per 4
+``wcache_writes``
 ``a_reads`` ...        the GEMM engine's buffer accesses (``a_``, ``w_``, ``acc_reads`` and
 ``acc_writes``         ``_writes``): ``sram_read32`` / ``sram_write32`` per 32 bits of the
                        entries (:func:`hoarfrost.sim.energy.buffer_words`)
@@ -68,9 +70,10 @@ def energy_events(counters: dict, config) -> dict[str, float]:
     return {
         "mul8": counters["macs_issued"],
         "add32": counters["macs_issued"],
-        "sram_read32": counters["scratch_reads"] / 4 + buffers["sram_read32"],
-        "sram_write32": (counters["scratch_writes"] / 4 + buffers["sram_write32"]
-                         + counters["param_writes"]),
+        "sram_read32": ((counters["scratch_reads"] + counters.get("wcache_reads", 0)) / 4
+                        + buffers["sram_read32"]),
+        "sram_write32": ((counters["scratch_writes"] + counters.get("wcache_writes", 0)) / 4
+                         + buffers["sram_write32"] + counters["param_writes"]),
         "dram_read32": counters["dram_read_bytes"] / 4,
         "dram_write32": counters["dram_write_bytes"] / 4,
     }

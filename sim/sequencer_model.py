@@ -17,7 +17,7 @@ Fetch. ``FETCH`` (1, the request) and ``HEADER`` (``4 + dram_latency``, the head
 
 ========  ======================================================================================
 LOAD      ``LOAD_REQ`` 1, ``LOAD_DATA`` one byte a cycle after ``lat``, one cycle to see the
-          count: ``length + 2 + lat``
+          count: ``length + 2 + lat``; ``LOADW`` the same (its bytes go to the weight cache)
 STORE     ``STORE_REQ`` 1, per byte ``STORE_READ`` and ``STORE_SEND`` (the scratchpad read
           takes a cycle), one ``STORE_READ`` to see the count: ``2 * length + 2``
 GEOM      ``GEOM_SETUP``: 9 products on the shared multiplier, one issued a cycle, each taken
@@ -41,7 +41,7 @@ RECV      ``stream_channels`` cycles per pixel (one byte-wide scratchpad write p
 
 MATMUL. ``MM_DIVIDE`` ``m0 // out_w + 1`` (repeated subtraction), ``MM_SETUP`` 5 products:
 ``7``, ``MM_PARAMS_REQ`` 1, ``PARAMS`` ``12 * nt + lat`` (a bias, multiplier and shift word per
-channel), ``MM_START`` 1, then ``MM_RUN``, in which the GEMM engine runs ``M = mt``,
+channel; neither for ``p_addr = KEEP_PARAMS``), ``MM_START`` 1, then ``MM_RUN``, in which the GEMM engine runs ``M = mt``,
 ``N = nt``, ``K = cg * kh * kw`` (:mod:`hoarfrost.sim.cycle_model`'s schedule) fed by three
 producers and drained by one consumer, all concurrent. From the first ``MM_RUN`` cycle (0):
 
@@ -50,8 +50,9 @@ producers and drained by one consumer, all concurrent. From the first ``MM_RUN``
   the row the cycle after: activation row ``i`` (K-tile-major, as ``a_stream`` orders them) is
   written at the end of cycle ``(i + 1) * (rows + 2) - 1``; the engine's activation buffer
   holds all of A, so it never waits. ``rows + 2`` cycles per row whatever the geometry;
-* the *weight feeder* takes ``cols`` bytes, one a cycle from ``lat`` on, and offers the row the
-  next cycle: row ``r`` goes at ``X_r = max(X_{r-1} + cols + 1, I(r - w_depth) + 1)``,
+* the *weight feeder* takes ``cols`` bytes, one a cycle from ``lat`` on (from 0 when they come
+  from the weight cache, whose read port has the first byte when ``MM_RUN`` starts), and
+  offers the row the next cycle: row ``r`` goes at ``X_r = max(X_{r-1} + cols + 1, I(r - w_depth) + 1)``,
   ``X_0 = cols + lat``, waiting while the engine's weight ring is full (``I(r)``: the issue
   cycle of the slot that reads weight row ``r``);
 * the *bias feeder* reads ``cols`` biases, one a cycle, and offers the beat two cycles later
@@ -96,7 +97,8 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Sequence
 
-from hoarfrost.firmware.isa import FIELDS, NO_PARAMS, POOL_MAX, Command, Op, decode
+from hoarfrost.firmware.isa import (FIELDS, KEEP_PARAMS, NO_PARAMS, POOL_MAX, WCACHE, Command,
+                                    Op, decode)
 from hoarfrost.hw.config import BackendConfig
 
 __all__ = ["EngineRun", "MatmulPrediction", "engine_schedule", "ideal_engine", "predict_matmul",
@@ -244,12 +246,13 @@ def predict_matmul(command: Command, geom: Command, config: BackendConfig, *,
     R, C = config.rows, config.cols
     m, n, k = command.mt, command.nt, command.cg * geom.kh * geom.kw
     kt_n, nt_n, _ = config.tiles(m, n, k)
-    setup = (command.m0 // geom.out_w + 1 + products_cycles(5) + 1
-             + 12 * n + dram_latency + 1)
+    params = 0 if command.p_addr == KEEP_PARAMS else 1 + 12 * n + dram_latency
+    setup = command.m0 // geom.out_w + 1 + products_cycles(5) + params + 1
+    cached = bool(command.w_addr & WCACHE)
     run = engine_schedule(
         config, m, n, k,
         a_ready=lambda i: (i + 1) * (R + 2),
-        w_first=C + dram_latency, w_period=C + 1,
+        w_first=C + (0 if cached else dram_latency), w_period=C + 1,
         bias_first=C + 1, bias_period=C + 2,
         drain_gap=lambda lanes: 2 * lanes + 3)
     lanes = [min(C, n - j * C) for j in range(nt_n)]
@@ -276,7 +279,7 @@ def predict_command_cycles(command: Command, geom: Command | None, config: Backe
     if op in (Op.MATMUL, Op.POOL) and geom is None:
         raise ValueError(f"{op.name} needs the geometry of a GEOM before it")
     cycles = _fields_cycles(command, dram_latency)
-    if op == Op.LOAD:
+    if op in (Op.LOAD, Op.LOADW):
         return cycles + command.length + 2 + dram_latency
     if op == Op.STORE:
         return cycles + 2 * command.length + 2

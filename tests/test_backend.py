@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hoarfrost.firmware.isa import NO_PARAMS, POOL_MAX, Command, Op
+from hoarfrost.firmware.isa import KEEP_PARAMS, NO_PARAMS, POOL_MAX, WCACHE, Command, Op
 from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
 from hoarfrost.gen.freeze import output_tensor
 from hoarfrost.gen.ir import split_graph
@@ -89,17 +89,22 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
 
 def expected_counters(program, config):
     """The counters the firmware alone determines: scratchpad writes (bytes loaded plus results
-    written), parameter words loaded, and the engine's MACs and buffer accesses (the cycle
-    model's event counts, exact, summed over the MATMULs)."""
+    written), parameter words loaded, weight-cache bytes written (LOADW) and read (MATMULs
+    streaming from it), and the engine's MACs and buffer accesses (the cycle model's event
+    counts, exact, summed over the MATMULs)."""
     from hoarfrost.sim.cycle_model import predict_gemm
+    from hoarfrost.gen.traffic import _matmul_weight_bytes
     names = ("macs_issued", "a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes")
-    counts = dict.fromkeys(("scratch_writes", "param_writes", *names), 0)
+    counts = dict.fromkeys(("scratch_writes", "param_writes", "wcache_writes", "wcache_reads",
+                            *names), 0)
     geom = None
     for c in program.commands:
         if c.op == Op.GEOM:
             geom = c
         elif c.op == Op.LOAD:
             counts["scratch_writes"] += c.length
+        elif c.op == Op.LOADW:
+            counts["wcache_writes"] += c.length
         elif c.op == Op.ADD:
             counts["scratch_writes"] += c.length
         elif c.op == Op.POOL:
@@ -108,7 +113,10 @@ def expected_counters(program, config):
                 counts["param_writes"] += 2 if c.kind == POOL_MAX else (geom.kh * geom.kw + 1) * 2
         elif c.op == Op.MATMUL:
             counts["scratch_writes"] += c.mt * c.nt
-            counts["param_writes"] += 3 * c.nt
+            counts["param_writes"] += 0 if c.p_addr == KEEP_PARAMS else 3 * c.nt
+            if c.w_addr & WCACHE:
+                counts["wcache_reads"] += _matmul_weight_bytes(c, dict(geom.fields),
+                                                               config.rows, config.cols)
             gemm = predict_gemm(config, c.mt, c.nt, c.cg * geom.kh * geom.kw)
             for name in names:
                 counts[name] += getattr(gemm, name)
@@ -226,6 +234,58 @@ def test_strided_dilated_padded_conv_split_mid_row_runs_bit_exact():
     assert counters["commands"] == len(program.commands)
     expected = expected_counters(program, SMALL)
     assert {name: counters[name] for name in expected} == expected
+
+
+def test_weight_cache_and_kept_parameters_run_bit_exact():
+    """Accumulator banks of 8 rows split every layer's 25 pixels into 4 MATMULs: each weight
+    tile is loaded into the weight cache once (LOADW) and streamed from there by all four, the
+    first loads the parameters and the others keep them. DRAM reads only firmware, the input,
+    each tile and its parameters once; the counters see the cache's bytes."""
+    qgraph, rng = tiny_network(0, "MaxPool", True, False)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 5, 5)).astype(np.float32))
+    config = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=8,
+                           weight_cache_bytes=256)
+    out, counters, program = run_backend(qgraph, x[0], config=config, stall_prob=0.2, seed=5)
+    assert np.array_equal(out, run_int(qgraph, x)[0])
+    matmuls = [c for c in program.commands if c.op == Op.MATMUL]
+    loads = [c for c in program.commands if c.op == Op.LOADW]
+    conv1 = [c for c in matmuls if c.w_addr == matmuls[0].w_addr]
+    assert [(c.m0, c.mt) for c in conv1] == [(0, 8), (8, 8), (16, 8), (24, 1)]
+    assert conv1[0].w_addr == WCACHE | loads[0].dst
+    assert [c.p_addr == KEEP_PARAMS for c in conv1] == [False, True, True, True]
+    expected = expected_counters(program, config)
+    assert expected["wcache_reads"] > expected["wcache_writes"] > 0
+    assert {name: counters[name] for name in expected} == expected
+    # weights: each LOADW once, plus the uncached tiles; parameters: each loaded record
+    geom, weights = None, sum(c.length for c in loads)
+    for c in program.commands:
+        if c.op == Op.GEOM:
+            geom = dict(c.fields)
+        elif c.op == Op.MATMUL and not c.w_addr & WCACHE:
+            weights += _weight_bytes(c, geom, config)
+    params = sum(12 * c.nt for c in matmuls if c.p_addr != KEEP_PARAMS)
+    tables = sum(8 for c in program.commands if c.op == Op.POOL and c.p_addr != NO_PARAMS)
+    firmware = sum(4 * (1 + len(c.fields)) for c in program.commands)
+    assert counters["dram_read_bytes"] == firmware + 2 * 5 * 5 + weights + params + tables
+
+
+def test_loadw_stops_a_back_end_without_weight_cache():
+    """Built with ``weight_cache_bytes = 0`` the back end has no cache: a LOADW ends the
+    program as an unknown op would, after the commands before it."""
+    qgraph, rng = tiny_network(0, None, False, False)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 5, 5)).astype(np.float32))
+    config = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=32,
+                           weight_cache_bytes=0)
+    loadw = Command.make(Op.LOADW, dram_addr=0, dst=0, length=4)
+    _, counters, program = run_backend(qgraph, x[0], config=config,
+                                       edit=lambda cs: [cs[0], loadw, *cs[1:]])
+    assert program.commands[1] == loadw and counters["commands"] == 2
+    assert counters["wcache_writes"] == counters["matmul_cycles"] == 0
+
+
+def _weight_bytes(command, geom, config):
+    from hoarfrost.gen.traffic import _matmul_weight_bytes
+    return _matmul_weight_bytes(command, geom, config.rows, config.cols)
 
 
 def test_window_positions_past_every_bound_read_as_padding():

@@ -59,20 +59,23 @@ def test_batch_traffic_of_the_example_cnn_on_the_default_preset():
     assert one["layer"]["total_bytes"] == one["mbs"]["total_bytes"] == 2498
     assert one["compulsory_bytes"] == 2346 and one["mbs"]["ratio"] < 1.1
     assert one["reduction"] == 0.0 and one["identical_outputs"]
-    # batch 16: MBS spills 2 KB instead of 26 KB; both read the weights alike
+    # batch 16: MBS spills 2 KB instead of 26 KB; both read each convolution's weights into
+    # the weight cache once, MBS reloads the parameters per sub-batch (conv1 and conv2
+    # alternate): issue 6's target of at least 50% less is met
     assert sixteen["compulsory_bytes"] == 3456
-    assert sixteen["layer"]["total_bytes"] == 53720 and sixteen["mbs"]["total_bytes"] == 29144
+    assert sixteen["layer"]["total_bytes"] == 30680 and sixteen["mbs"]["total_bytes"] == 6968
     assert (sixteen["layer"]["spill_bytes"], sixteen["mbs"]["spill_bytes"]) == (26624, 2048)
-    assert sixteen["layer"]["weight_bytes"] == sixteen["mbs"]["weight_bytes"] == 25912
-    assert sixteen["reduction"] == pytest.approx(0.4575, abs=1e-4)
+    assert (sixteen["layer"]["weight_bytes"], sixteen["mbs"]["weight_bytes"]) == (2872, 3736)
+    assert sixteen["reduction"] == pytest.approx(0.7729, abs=1e-4) and sixteen["reduction"] > 0.5
     assert sixteen["identical_outputs"]
     text = "\n".join(bench_dram.traffic_text(t))
-    assert "batch  16: compulsory 3456, layer-by-layer 53720 (15.544x), MBS 29144 (8.433x): " \
-           "45.7% less with MBS; identical outputs" in text
-    assert "spills 26624 -> 2048, weights 25912 -> 25912, firmware fetched 2796 -> 3264; " \
+    assert "batch  16: compulsory 3456, layer-by-layer 30680 (8.877x), MBS 6968 (2.016x): " \
+           "77.3% less with MBS; identical outputs" in text
+    assert "spills 26624 -> 2048, weights 2872 -> 3736, firmware fetched 2828 -> 3296; " \
            "MBS groups conv1+conv2+pool x4 | flatten+fc x16" in text
-    # conv2 reads its weights per image in both; layer by layer also reloads conv1's output
-    assert "/conv2/Conv 29696 / 4096 21504 / 0 1344" in " ".join(text.split())
+    # conv2's weights once in both (1152 + 192 parameter bytes); layer by layer also reloads
+    # conv1's output (8192), MBS the parameters per sub-batch
+    assert "/conv2/Conv 9536 / 4096 1920 / 0 1344" in " ".join(text.split())
 
 
 def test_batch_traffic_options_name_the_cause(tmp_path):

@@ -78,6 +78,11 @@ def test_a_toml_file_starts_from_a_preset_and_overrides_it(tmp_path):
     assert config.scratch_bytes == 4096 and config.param_depth == PRESETS["ulx3s-85f"].param_depth
     assert config.clock_mhz == 50.0 and config.board == "ulx3s-85f"
     assert config.name == str(path)
+    # the weight cache: 2 KB in the presets but the iCEBreaker's; 0 builds none
+    assert config.backend.weight_cache_bytes == 2048
+    assert PRESETS["icebreaker"].backend.weight_cache_bytes == 0
+    none = load_config(str(write_toml(tmp_path, '[backend]\nweight_cache_bytes = 0\n')))
+    assert none.backend.weight_cache_bytes == 0
 
 
 @pytest.mark.parametrize("text, fragments", [
@@ -87,6 +92,7 @@ def test_a_toml_file_starts_from_a_preset_and_overrides_it(tmp_path):
     ("[backend]\nrows = true\n", ["backend.rows must be an integer"]),
     ("[backend]\nscratch_bytes = 0\n", ["backend.scratch_bytes must be at least 4"]),
     ("[backend]\nw_depth = 6\n", ["w_depth must be a power of two"]),
+    ("[backend]\nweight_cache_bytes = -1\n", ["backend.weight_cache_bytes must be at least 0"]),
     ("[backend]\nweight_bits = 3\n", ["weight_bits must be 8, 4 or 2"]),
     ('preset = "de10"\n', ["preset = 'de10' is not one of"]),
     ('board = "arty"\n', ["board = 'arty'"]),

@@ -4,6 +4,8 @@ The compiled firmware, executed command by command through the addresses and fie
 carries, must give the golden model's outputs bit for bit, however the layers are tiled.
 """
 
+import struct
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -55,6 +57,38 @@ def test_recv_round_trips_and_fills_the_scratchpad_chw():
         machine.run(assemble("recv dst=0 pixels=1\nend"))
     with pytest.raises(IsaError, match="without a feature stream"):
         IsaMachine(b"", 0, 32, 1, 1).run(commands)
+
+
+def test_loadw_fills_the_weight_cache_a_matmul_streams_from():
+    """A 1x1 MATMUL of 2 pixels x 2 channels, its weights at WCACHE | 4 after a LOADW, run
+    twice: the second keeps the parameter buffer (KEEP_PARAMS). Without parameters loaded,
+    or past the cache's end, the simulator names the cause."""
+    from hoarfrost.firmware.isa import KEEP_PARAMS, WCACHE
+    weights = np.array([[1, 2], [3, -1]], dtype=np.int8)          # (nt, K) = (2, 1 channel)
+    params = struct.pack("<iIIiII", 10, 1, 0, -5, 1, 0)           # bias, mult 1, shift 0
+    tiles = weight_tiles(weights[:, :1], 1, 2).tobytes()          # 1 x 2 array
+    image = tiles + bytes(-len(tiles) % 4) + params
+    geom = ("geom in_c=1 in_h=1 in_w=2 out_h=1 out_w=2 kh=1 kw=1 sh=1 sw=1 pad_top=0 "
+            "pad_left=0 pad_bottom=0 pad_right=0 dh=1 dw=1")
+    matmul = ("matmul src=0 dst={} zp_in=0 c0=0 cg=1 m0=0 mt=2 n0=0 nt=2 w_addr={} p_addr={} "
+              "lo=-128 hi=127 zp_out=0")
+    program = assemble("\n".join([f"loadw dram_addr=0 dst=4 length={len(tiles)}", geom,
+                                  matmul.format(8, WCACHE | 4, len(image) - len(params)),
+                                  matmul.format(12, WCACHE | 4, KEEP_PARAMS), "end"]))
+    assert program[0].op == Op.LOADW and decode(encode(program)) == program
+    assert encode(program)[:4] == ((10 << 24) | 3).to_bytes(4, "little")
+    machine = IsaMachine(image, len(image), 16, 1, 2, weight_cache_bytes=16)
+    machine.scratch[0:2] = np.array([3, -2], dtype=np.int8).view(np.uint8)
+    machine.run(program)
+    # channel 0: 1 * x + 10, channel 1: 3 * x - 5, stored CHW (channel after channel)
+    expected = [13, 8, 4, -11]
+    assert machine.scratch[8:12].view(np.int8).tolist() == expected
+    assert machine.scratch[12:16].view(np.int8).tolist() == expected
+    with pytest.raises(IsaError, match="buffer holds 0"):
+        IsaMachine(image, len(image), 16, 1, 2, weight_cache_bytes=16).run(
+            [program[1], program[3], program[4]])
+    with pytest.raises(IsaError, match="beyond the weight cache of 4 bytes"):
+        IsaMachine(image, len(image), 16, 1, 2, weight_cache_bytes=4).run(program)
 
 
 @pytest.mark.parametrize("text, message", [
@@ -181,9 +215,15 @@ def test_dram_traffic_counts_weight_rereads_per_pixel_tile(examples):
     qgraph = quantize(import_onnx(examples / "digits_cnn.onnx"), np.load(examples / "digits_calib.npy"), 8)
     whole = dram_traffic(compile_graph(qgraph, CompileLimits(rows=4, cols=4)), 4, 4)
     tiled = dram_traffic(compile_graph(qgraph, CompileLimits(rows=4, cols=4, m_tile=7)), 4, 4)
-    conv1 = 2 * 3 * 4 * 4 + 12 * 8        # 8 channels: 2 N tiles x 3 K tiles x 4x4, + params
-    assert whole["layers"][0]["read_bytes"] == conv1
-    assert tiled["layers"][0]["read_bytes"] == conv1 * 10     # 64 pixels in tiles of 7
+    cached = compile_graph(qgraph, CompileLimits(rows=4, cols=4, m_tile=7, weight_cache=128))
+    weights, params = 2 * 3 * 4 * 4, 12 * 8  # 8 channels: 2 N tiles x 3 K tiles x 4x4, + params
+    assert whole["layers"][0]["read_bytes"] == weights + params
+    # 64 pixels in tiles of 7: without a weight cache each tile streams the weights again;
+    # the parameter buffer keeps the records after the first
+    assert tiled["layers"][0]["read_bytes"] == weights * 10 + params
+    # with one, a LOADW reads them once and every tile streams them from the cache
+    assert [c.op for c in cached.commands[1:4]] == [Op.GEOM, Op.LOADW, Op.MATMUL]
+    assert dram_traffic(cached, 4, 4)["layers"][0]["read_bytes"] == weights + params
     assert whole["compulsory_bytes"] == tiled["compulsory_bytes"]
     assert whole["ratio"] < 1.1 < tiled["ratio"]
 

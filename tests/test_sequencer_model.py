@@ -31,9 +31,10 @@ from test_golden_onnxruntime import import_onnx_bytes
 
 
 def traced_run(program, x_int8, config, scratch_bytes=2048, param_depth=16,
-               max_cycles=100_000):
+               max_cycles=100_000, read=read_output):
     """Run ``program`` on the back end in amaranth.sim (DRAM without stalls); returns the
-    output and the RTL's cycles per command (:func:`command_cycles` of the trace)."""
+    output (``read(program, dram)``) and the RTL's cycles per command (:func:`command_cycles`
+    of the trace)."""
     dut = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth)
     dram, firmware_addr = dram_image(program, x_int8)
     trace = {}
@@ -64,7 +65,7 @@ def traced_run(program, x_int8, config, scratch_bytes=2048, param_depth=16,
     sim.add_testbench(writes, background=True)
     sim.add_testbench(host)
     sim.run()
-    return read_output(program, dram), trace["per_command"]
+    return read(program, dram), trace["per_command"]
 
 
 def random_network(seed):
@@ -196,6 +197,16 @@ def test_the_bottleneck_producer_bounds_the_matmul():
     assert dense.bound == "weights" and dense.weights == 16 * 16 * 4 * 5
     assert dense.weights < dense.run < dense.weights + 40
     assert dense.setup == 1 + 7 + 1 + 12 * 64 + 1
+    # keeping the parameter buffer skips MM_PARAMS_REQ and PARAMS; weights from the weight
+    # cache do not wait for DRAM's latency
+    from hoarfrost.firmware.isa import KEEP_PARAMS, WCACHE
+    kept = predict_matmul(Command.make(Op.MATMUL, cg=64, mt=1, nt=64,
+                                       **{**fields, "p_addr": KEEP_PARAMS}), geom, config)
+    assert kept.setup == 1 + 7 + 1 and kept.run == dense.run
+    slow, cached = (predict_matmul(Command.make(Op.MATMUL, cg=64, mt=1, nt=64,
+                                                **{**fields, "w_addr": w}), geom, config,
+                                   dram_latency=20) for w in (0, WCACHE))
+    assert slow.run - cached.run == 20 and slow.setup == cached.setup
     conv_geom = Command.make(Op.GEOM, **{**dict(geom.fields), "in_c": 2, "in_h": 8, "in_w": 8,
                                          "out_h": 8, "out_w": 8, "kh": 3, "kw": 3,
                                          "pad_top": 1, "pad_left": 1, "pad_bottom": 1,
@@ -205,3 +216,23 @@ def test_the_bottleneck_producer_bounds_the_matmul():
                               config)
         assert conv.gather == 5 * 64 * 6 and conv.drain == drain
         assert conv.gather + conv.drain < conv.run < conv.gather + conv.drain + 40
+
+
+def test_batch_program_with_cached_weights_takes_the_predicted_cycles():
+    """Three images, mini-batch serialization: each convolution tile is loaded into the weight
+    cache once (LOADW) and streamed from there by every image's MATMUL (whose weight feeder
+    then starts without DRAM latency); the later MATMULs keep the parameter buffer. Exact per
+    command, and every image's output is the golden model's."""
+    from hoarfrost.firmware.isa import KEEP_PARAMS, WCACHE
+    from hoarfrost.gen.batch import compile_batch
+    from hoarfrost.sim.batch_host import read_outputs
+    qgraph, rng = tiny_network(1, "AveragePool", True, False)
+    x = quantize_input(qgraph, rng.normal(0, 1, (3, 2, 5, 5)).astype(np.float32))
+    program = compile_batch(qgraph, CompileLimits.for_backend(SMALL, 2048, 16), 3, "mbs")
+    matmuls = [c for c in program.commands if c.op == Op.MATMUL]
+    assert any(c.op == Op.LOADW for c in program.commands)
+    assert any(c.w_addr & WCACHE for c in matmuls) and any(c.p_addr == KEEP_PARAMS
+                                                           for c in matmuls)
+    out, measured = traced_run(program, x, SMALL, read=read_outputs)
+    assert np.array_equal(out, run_int(qgraph, x))
+    assert predict_program(program, SMALL) == measured
