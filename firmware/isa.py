@@ -9,6 +9,10 @@ The machine
 * **Feature stream** (a back end built with ``stream_channels = C > 0``): pixels of the
   frozen front end's output, one per beat, raster order, ``C`` signed int8 lanes (lane ``c`` =
   channel ``c``), taken by ``RECV``.
+* **Sparse engines** (a back end built with ``sparse_engines = E > 0``): ``E`` zero-skipping
+  engines (:class:`~hoarfrost.hw.sparse_matvec.SparseMatVec`), each holding one compressed
+  fully connected layer on chip; ``SEND`` streams an input vector to one, ``RECVS`` takes its
+  results back.
 * **Geometry registers**: set by ``GEOM``, read by the next ``MATMUL``/``POOL``s: the input
   feature map's shape, the window (kernel, stride, padding, dilation) and the output's shape.
 
@@ -41,6 +45,11 @@ ADD       ``src_a, src_b, dst, length, zp_a, zp_b, mult_a, mult_b, shift, zp_out
 RECV      ``dst, pixels``: take ``pixels`` beats from the feature stream into the scratchpad as
           a CHW feature map: ``scratch[dst + c * pixels + p]`` = lane ``c`` of beat ``p``.
           Waits for beats that have not arrived (the frozen front end computes them).
+SEND      ``src, length, engine``: stream ``scratch[src .. src+length-1]`` (int8, one a beat)
+          into sparse engine ``engine``'s input, ``last`` on the final byte: one input vector
+          of a compressed fully connected layer (a back end built with ``sparse_engines``).
+RECVS     ``dst, length, engine``: take ``length`` int8 results of sparse engine ``engine``
+          into ``scratch[dst .. dst+length-1]``. Waits for results not yet computed.
 SYNC      wait until every earlier command has finished (DMA included).
 END       the program is done.
 ========  =================================================================================
@@ -67,6 +76,8 @@ class Op(enum.IntEnum):
     SYNC = 7
     END = 8
     RECV = 9
+    SEND = 10
+    RECVS = 11
 
 
 #: Field names of each command, in encoding order. Names in SIGNED are two's complement.
@@ -83,6 +94,8 @@ FIELDS: dict[Op, tuple[str, ...]] = {
     Op.SYNC: (),
     Op.END: (),
     Op.RECV: ("dst", "pixels"),
+    Op.SEND: ("src", "length", "engine"),
+    Op.RECVS: ("dst", "length", "engine"),
 }
 SIGNED = frozenset({"zp_in", "zp_out", "zp_a", "zp_b", "lo", "hi", "lo_in", "hi_in"})
 NO_PARAMS = 0xFFFF_FFFF

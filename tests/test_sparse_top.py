@@ -1,0 +1,171 @@
+"""Sparse engines in the accelerator top, in amaranth.sim: the back end's ``SEND`` streams a
+layer's input vector from the scratchpad into a :class:`SparseMatVec`, ``RECVS`` takes its
+outputs back, and the network's output equals the golden model of the compressed graph.
+"""
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from hoarfrost.firmware.isa import Command, IsaError, Op, assemble, decode, encode
+from hoarfrost.gen.compiler import CompileLimits, compile_graph
+from hoarfrost.gen.errors import HoarfrostError
+from hoarfrost.gen.quantize import quantize
+from hoarfrost.gen.sparse_partition import (compress_for_engines, engine_layers,
+                                            sparse_layer_names)
+from hoarfrost.hw.accelerator import Accelerator, sparse_counter_names
+from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
+from hoarfrost.hw.config import BackendConfig
+from hoarfrost.sim.backend_host import amaranth_dram, dram_image, read_output
+from hoarfrost.sim.golden import quantize_input, run_int
+from hoarfrost.sim.golden_sparse import SparseCounts, sparse_dense_int
+from hoarfrost.sim.isa_sim import run_program, sparse_engine
+from hoarfrost.sim.sequencer_model import predict_program
+from onnx_models import ModelBuilder
+from test_golden_onnxruntime import import_onnx_bytes
+
+SMALL = BackendConfig(rows=2, cols=2, a_depth=256, w_depth=4, acc_depth=32)
+SCRATCH, PARAMS, PES = 1024, 16, 4
+
+
+def conv_mlp(seed):
+    """conv 2->3 (3x3) + ReLU, flatten (27), fc 27->12 + ReLU, fc 12->5."""
+    b = ModelBuilder((2, 3, 3), seed=seed)
+    b.conv(2, 3, 3, 1, (1, 1, 1, 1))
+    b.relu()
+    b.op("Flatten", [b.last])
+    b.gemm(27, 12)
+    b.relu()
+    b.gemm(12, 5)
+    rng = np.random.default_rng(seed)
+    graph = import_onnx_bytes(b.finish())
+    return quantize(graph, rng.normal(0, 1, (16, 2, 3, 3)).astype(np.float32), 8), rng
+
+
+def run_accelerator(graph, names, x_int8, *, stall_prob=0.0, seed=0, max_cycles=40_000):
+    """Compile ``graph`` with ``names`` on sparse engines, run one image on the Accelerator
+    in amaranth.sim; (output, counters, program, per-command start cycles)."""
+    limits = CompileLimits.for_backend(SMALL, SCRATCH, PARAMS)
+    program = compile_graph(graph, limits, sparse=names)
+    dut = Accelerator(SMALL, scratch_bytes=SCRATCH, param_depth=PARAMS,
+                      sparse_layers=engine_layers(graph, names, PES), sparse_fifo_depth=4)
+    counters = BACKEND_COUNTERS + sparse_counter_names(len(names))
+    dram, firmware_addr = dram_image(program, x_int8)
+    result, starts = {}, []
+
+    async def host(ctx):
+        ctx.set(dut.program_addr, firmware_addr)
+        ctx.set(dut.start, 1)
+        await ctx.tick()
+        ctx.set(dut.start, 0)
+        seen = 0
+        while True:
+            _, _, done, commands, cycles = await ctx.tick().sample(dut.done, dut.commands,
+                                                                    dut.cycles)
+            if commands != seen:            # as the cocotb testbench traces commands
+                seen = commands
+                starts.append(cycles)
+            if done:
+                break
+        await ctx.tick()
+        result.update({name: ctx.get(getattr(dut, name)) for name in counters})
+
+    async def watchdog(ctx):
+        for _ in range(max_cycles):
+            await ctx.tick()
+        raise AssertionError(f"no END in {max_cycles} cycles")
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-6)
+    reads, writes = amaranth_dram(dut, dram, seed=seed, stall_prob=stall_prob)
+    sim.add_testbench(reads, background=True)
+    sim.add_testbench(writes, background=True)
+    sim.add_testbench(watchdog, background=True)
+    sim.add_testbench(host)
+    sim.run()
+    return read_output(program, dram), result, program, starts
+
+
+def test_send_and_recvs_encode_and_assemble():
+    text = "send src=8 length=27 engine=1\nrecvs dst=40 length=12 engine=1\n"
+    commands = assemble(text)
+    assert [c.op for c in commands] == [Op.SEND, Op.RECVS]
+    assert decode(encode(commands)) == commands
+    assert encode(commands)[:4] == bytes([3, 0, 0, Op.SEND])
+    with pytest.raises(IsaError, match="missing fields"):
+        Command.make(Op.SEND, src=0, length=1)
+
+
+def test_a_back_end_without_sparse_engines_has_no_sparse_ports():
+    assert not hasattr(BackEnd(SMALL), "sparse_out")
+    backend = BackEnd(SMALL, sparse_engines=2)
+    assert {"sparse_out", "sparse_in", "sparse_sel"} <= set(backend.signature.members)
+    with pytest.raises(ValueError, match="sparse_engines"):
+        BackEnd(SMALL, sparse_engines=-1)
+
+
+def test_the_compiler_sends_the_sparse_layers_to_their_engines():
+    graph, _ = conv_mlp(0)
+    names = sparse_layer_names(graph, 2)
+    assert names == [layer.name for layer in graph.layers if layer.op == "dense"]
+    program = compile_graph(graph, CompileLimits.for_backend(SMALL, SCRATCH, PARAMS),
+                            sparse=names)
+    sends = [c for c in program.commands if c.op in (Op.SEND, Op.RECVS)]
+    assert [(c.op, c.length, c.engine) for c in sends] == [
+        (Op.SEND, 27, 0), (Op.RECVS, 12, 0), (Op.SEND, 12, 1), (Op.RECVS, 5, 1)]
+    # the second layer reads what the first received
+    assert sends[2].src == sends[1].dst
+    assert not any(c.op == Op.MATMUL and c.nt in (12, 5) for c in program.commands)
+
+
+@pytest.mark.parametrize("count", [0, 3])
+def test_bad_sparse_counts_name_the_option(count):
+    graph, _ = conv_mlp(0)
+    with pytest.raises(HoarfrostError, match="--sparse"):
+        sparse_layer_names(graph, count)
+
+
+@pytest.mark.parametrize("seed, density, stall", [(0, 0.3, 0.0), (1, None, 0.3)])
+def test_sparse_layers_run_on_the_engines_bit_exact(seed, density, stall):
+    """Both fully connected layers on two engines (the back end routes SEND/RECVS by the
+    command's ``engine``), pruned or not: output equal to the compressed graph's golden model
+    and to the ISA simulator; the engines' counters equal golden_sparse's events; SEND and the
+    rest of the firmware take the cycles the model predicts, RECVS at least as many."""
+    graph, rng = conv_mlp(seed)
+    names = sparse_layer_names(graph, 2)
+    compressed = compress_for_engines(graph, names, density=density, pes=PES)
+    x = quantize_input(compressed, rng.normal(0, 1, (1, 2, 3, 3)).astype(np.float32))
+    out, counters, program, starts = run_accelerator(compressed, names, x[0],
+                                                     stall_prob=stall, seed=seed)
+    golden = run_int(compressed, x)[0]
+    assert np.array_equal(out, golden)
+    engines = engine_layers(compressed, names, PES)
+    assert np.array_equal(run_program(program, x[0], CompileLimits.for_backend(
+        SMALL, SCRATCH, PARAMS), engines=[sparse_engine(*e) for e in engines]), golden)
+    # each engine's events, from its input vector in the golden model
+    values = run_int(compressed, x, keep_all=True)
+    layers = {layer.name: layer for layer in compressed.layers}
+    for i, (enc, layer, q_in) in enumerate(engines):
+        events = SparseCounts()
+        vector = values[layers[names[i]].inputs[0]].reshape(1, -1)
+        assert np.array_equal(sparse_dense_int(vector, enc, layer, q_in, events)[0],
+                              values[layers[names[i]].output].reshape(-1))
+        assert counters[f"sparse{i}_macs"] == events.macs
+        assert counters[f"sparse{i}_skipped"] == events.skipped
+        assert counters[f"sparse{i}_entries"] == events.entries
+    if density is not None:
+        assert counters["sparse0_skipped"] > 0      # ReLU zeros the engine never broadcast
+    if stall:
+        return
+    # per command, as the testbench counts: from its header to the next one's
+    measured = [b - a for a, b in zip([0, *starts[1:]], [*starts[1:], counters["cycles"]])]
+    predicted = predict_program(program, SMALL)
+    for i, command in enumerate(program.commands[:-1]):
+        if command.op == Op.RECVS:
+            # the engine finished while RECVS's own fields were fetched: no wait here
+            assert measured[i] == predicted[i]
+        elif command.op == Op.SEND:
+            # exact but for the cycles a full PE queue held a beat (one SEND per engine)
+            assert measured[i] == predicted[i] + counters[f"sparse{command.engine}_stall_cycles"]
+        else:
+            assert measured[i] == predicted[i], (i, command.op)
