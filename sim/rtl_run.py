@@ -31,7 +31,16 @@ counter                events
 
 The frozen block's events per image (adders switched, registers written), counted from its
 structure by :func:`hoarfrost.gen.freeze.frame_events` when OUT was compiled (the manifest's
-``frozen.frame_events``), are added.
+``frozen.frame_events``), are added. Each sparse engine's counters are priced too: a useful
+multiply-accumulate (``macs``) one ``mul8`` and one ``add32``; an entry read (``entries``,
+padding included) one ``sram_read32`` per 32 bits of entry (4-bit relative index + codebook
+index); per output one ``sram_read32`` each for its bias, multiplier and shift and one
+``mul32`` for the requantization.
+
+With sparse engines the layers they run take the cycles of their ``SEND`` and ``RECVS``: the
+cycle model predicts ``SEND`` for an engine that takes every beat and ``RECVS`` for one that
+has its results ready (a lower bound); the summary reports, per engine, the layer's measured
+cycles beyond that model and the engine's ``stall_cycles``.
 
 Not priced: registers, control and the parameter buffers' reads (no counter for them).
 """
@@ -47,7 +56,7 @@ from pathlib import Path
 import numpy as np
 
 from hoarfrost.gen.errors import HoarfrostError
-from hoarfrost.hw.accelerator import FROZEN_COUNTERS
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, SPARSE_COUNTERS, sparse_counter_names
 
 __all__ = ["TESTBENCH", "SimulationFailed", "energy_events", "command_cycles", "layer_cycles",
            "predicted_layer_cycles", "dram_for", "run_images", "debug_program",
@@ -74,6 +83,20 @@ def energy_events(counters: dict, config) -> dict[str, float]:
         "dram_read32": counters["dram_read_bytes"] / 4,
         "dram_write32": counters["dram_write_bytes"] / 4,
     }
+
+
+def sparse_energy_events(counters: dict, manifest: dict) -> dict[str, float]:
+    """The sparse engines' energy events of one image (see the module docstring)."""
+    from hoarfrost.gen.sparse import REL_BITS
+    events = dict.fromkeys(("mul8", "add32", "sram_read32", "mul32"), 0.0)
+    for i, engine in enumerate((manifest.get("sparse") or {}).get("engines", [])):
+        index_bits = len(engine["codebook"]).bit_length() - 1
+        events["mul8"] += counters[f"sparse{i}_macs"]
+        events["add32"] += counters[f"sparse{i}_macs"]
+        events["sram_read32"] += (counters[f"sparse{i}_entries"] * (REL_BITS + index_bits) / 32
+                                  + 3 * engine["rows"])
+        events["mul32"] += engine["rows"]
+    return events
 
 
 def command_cycles(starts: list[int], total: int) -> list[int]:
@@ -171,6 +194,7 @@ def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
             if manifest.get("frozen") is not None:
                 vectors[f"pixels_{i}"] = raster_pixels(x)
         vectors["pixel_idle_prob"] = pixel_idle_prob
+        vectors["sparse_engines"] = len(manifest["partition"].get("sparse_engine", []))
         np.savez(Path(tmp) / "vectors.npz", **vectors)
         results = Path(tmp) / "results.json"
         run = cocotb_run(verilog, manifest["toplevel"], TESTBENCH, seed=seed,
@@ -182,8 +206,9 @@ def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
             raise SimulationFailed(f"the back end's RTL failed ({run.log}): "
                                    f"{(lines or ['no END'])[-1].strip()}")
         records = json.loads(results.read_text())
-    # The frozen block's counters run on across the images of a run: per image, the difference
-    for name in FROZEN_COUNTERS:
+    # The frozen block's and the sparse engines' counters run on across the images of a run:
+    # per image, the difference
+    for name in FROZEN_COUNTERS + sparse_counter_names(int(vectors["sparse_engines"])):
         totals = [r[name] for r in records if name in r]
         for r, before, now in zip(records, [0, *totals], totals):
             r[name] = now - before
@@ -338,6 +363,11 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
               for k in energy_events(records[0], backend)}
     for name, n in (manifest.get("frozen") or {}).get("frame_events", {}).items():
         events[name] = events.get(name, 0.0) + n
+    sparse_names = manifest["partition"].get("sparse_engine", [])
+    if sparse_names:
+        for name in sparse_energy_events(records[0], manifest):
+            events[name] = events.get(name, 0.0) + float(np.mean(
+                [sparse_energy_events(r, manifest)[name] for r in records]))
     energy = energy_pj(events)
     clock = manifest["config"]["clock_mhz"]
     mean_cycles = float(np.mean(cycles))
@@ -358,6 +388,13 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
         "macs_issued": float(np.mean([r["macs_issued"] for r in records])),
         "predicted": rtl.reshape(len(rtl), -1).argmax(axis=1).tolist(),
         "recv_cycles": float(np.mean([r["recv_cycles"] for r in records])),
+        "sparse": None if not sparse_names else [
+            {"layer": name,
+             **{counter: float(np.mean([r[f"sparse{i}_{counter}"] for r in records]))
+                for counter in SPARSE_COUNTERS},
+             "beyond_model": next(row["cycles"] - row["predicted_cycles"] for row in layers
+                                  if row["name"] == name)}
+            for i, name in enumerate(sparse_names)],
         "frozen": None if manifest.get("frozen") is None else {
             "layers": [layer["name"] for layer in manifest["frozen"]["layers"]],
             "macs": manifest["frozen"]["macs"],
@@ -382,7 +419,10 @@ def _text(s: dict, manifest: dict) -> str:
     b = cfg["backend"]
     verdict = ("every output equals the golden model" if s["matches_golden"]
                else "OUTPUTS DIFFER from the golden model")
-    top = "the back end's" if s["frozen"] is None else "the accelerator's (frozen front end)"
+    parts = [p for p, on in (("frozen front end", s["frozen"] is not None),
+                             (f"{len(s['sparse'] or [])} sparse engine(s)", bool(s["sparse"])))
+             if on]
+    top = "the back end's" if not parts else f"the accelerator's ({', '.join(parts)})"
     lines = [f"{s['out']}: {s['images']} images through {top} RTL in Verilator "
              f"({b['rows']}x{b['cols']} array, config {cfg['name']}): {verdict}"]
     shown = s["cycles"] if len(s["cycles"]) <= 20 else s["cycles"][:10]
@@ -419,6 +459,12 @@ def _text(s: dict, manifest: dict) -> str:
                      f"{f['out_pixels']:.0f} output pixels per image; its output waited "
                      f"{f['stall_cycles']:.0f} cycles per image for the back end, whose RECV "
                      f"took {s['recv_cycles']:.0f}")
+    for e in s["sparse"] or []:
+        lines.append(f"sparse engine ({e['layer']}): {e['macs']:.0f} MACs, {e['skipped']:.0f} zero "
+                     f"activations skipped, {e['busy_cycles']:.0f} busy cycles per image; the "
+                     f"layer took {e['beyond_model']:.0f} cycles beyond the model (SEND held by "
+                     f"full PE queues, {e['stall_cycles']:.0f} engine stall cycles, and RECVS "
+                     f"waiting for results: data-dependent, measured, not modelled)")
     if "accuracy" in s:
         lines.append(f"accuracy {100 * s['accuracy']:.2f}% ({s['correct']}/{s['images']})")
     return "\n".join(lines)
