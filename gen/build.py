@@ -79,6 +79,9 @@ def _check_board(manifest: dict, board: str) -> None:
     if manifest["partition"].get("frontend_frozen"):
         raise HoarfrostError("a frozen front end on a board needs a pixel reader in front of it, "
                              "which is not built yet; compile without --freeze to build")
+    if manifest["partition"].get("sparse_engine"):
+        raise HoarfrostError("the board top does not carry sparse engines yet (only `sim` "
+                             "runs them); compile without --sparse to build")
 
 
 def _why(build_dir: Path, exc: Exception) -> str:

@@ -3,6 +3,8 @@ layer's input vector from the scratchpad into a :class:`SparseMatVec`, ``RECVS``
 outputs back, and the network's output equals the golden model of the compressed graph.
 """
 
+import json
+
 import numpy as np
 import pytest
 from amaranth.sim import Simulator
@@ -97,8 +99,9 @@ def test_send_and_recvs_encode_and_assemble():
 
 
 def test_a_back_end_without_sparse_engines_has_no_sparse_ports():
-    assert not hasattr(BackEnd(SMALL), "sparse_out")
-    backend = BackEnd(SMALL, sparse_engines=2)
+    plain, backend = BackEnd(SMALL), BackEnd(SMALL, sparse_engines=2)
+    plain._MustUse__silence = backend._MustUse__silence = True     # never elaborated
+    assert "sparse_out" not in plain.signature.members
     assert {"sparse_out", "sparse_in", "sparse_sel"} <= set(backend.signature.members)
     with pytest.raises(ValueError, match="sparse_engines"):
         BackEnd(SMALL, sparse_engines=-1)
@@ -169,3 +172,94 @@ def test_sparse_layers_run_on_the_engines_bit_exact(seed, density, stall):
             assert measured[i] == predicted[i] + counters[f"sparse{command.engine}_stall_cycles"]
         else:
             assert measured[i] == predicted[i], (i, command.op)
+
+
+# --- compile --sparse: the command line and the configuration ---------------------------------
+
+def test_config_keys_sparse_pes_and_freeze(tmp_path):
+    from hoarfrost.gen.config import HardwareConfig, load_config
+    from test_compile import write_toml
+    config = load_config(str(write_toml(tmp_path, "freeze = 1\nsparse_pes = 4\n")))
+    assert (config.freeze, config.sparse_pes) == (1, 4)
+    assert HardwareConfig.from_json(config.to_json()) == config
+    assert (load_config(None).freeze, load_config(None).sparse_pes) == (0, 8)
+    for text, message in (("sparse_pes = 0\n", "sparse_pes must be at least 1"),
+                          ("freeze = -1\n", "freeze must be at least 0"),
+                          ("freeze = true\n", "freeze must be an integer")):
+        with pytest.raises(HoarfrostError, match=message):
+            load_config(str(write_toml(tmp_path, text, "bad.toml")))
+
+
+def test_compile_sparse_user_errors_are_one_line(capsys, examples, tmp_path):
+    from test_compile import _left_behind, assert_one_line_error
+    cnn = [examples / "digits_cnn.onnx", "--calib", examples / "digits_calib.npy"]
+    out = ["-o", tmp_path / "o"]
+    assert_one_line_error(capsys, ["compile", *cnn, "--sparse", "2", *out],
+                          "--sparse 2", "only 1 fully connected layer", "/fc/Gemm")
+    assert_one_line_error(capsys, ["compile", *cnn, "--sparse", "0", *out],
+                          "--sparse must be a positive number")
+    assert_one_line_error(capsys, ["compile", *cnn, "--sparse-density", "0.5", *out],
+                          "--sparse-density", "add --sparse N")
+    assert_one_line_error(capsys, ["compile", *cnn, "--sparse", "1", "--sparse-density", "0",
+                                   *out], "--sparse-density must be in (0, 1]")
+    # a model with no fully connected layer at all
+    b = ModelBuilder((1, 4, 4))
+    b.conv(1, 2, 3)
+    b.relu()
+    (tmp_path / "conv.onnx").write_bytes(b.finish())
+    np.save(tmp_path / "calib.npy", np.random.default_rng(0).normal(0, 1, (4, 1, 4, 4))
+            .astype(np.float32))
+    assert_one_line_error(capsys, ["compile", tmp_path / "conv.onnx", "--calib",
+                                   tmp_path / "calib.npy", "--sparse", "1", *out],
+                          "--sparse 1", "no fully connected")
+    assert _left_behind(tmp_path, {"conv.onnx", "calib.npy"}) == []
+
+
+def test_compile_sparse_writes_the_partition_and_the_compressed_model(capsys, examples,
+                                                                       tmp_path):
+    """The MLP's last two layers on engines of 4 PEs: manifest partition and sparse entry, the
+    firmware's SEND/RECVS, and model_q.onnx holding the weight-shared layers (at most 15
+    distinct non-zero weights) whose golden model the ISA simulator reproduces."""
+    from hoarfrost.gen.cli import main
+    from hoarfrost.gen.config import HardwareConfig
+    from hoarfrost.gen.onnx_import import import_onnx
+    from test_compile import write_toml
+    config = write_toml(tmp_path, "sparse_pes = 4\n")
+    assert main(["compile", str(examples / "digits_mlp.onnx"), "--calib",
+                 str(examples / "digits_calib.npy"), "--config", str(config), "--sparse", "2",
+                 "-o", str(tmp_path / "out")]) == 0
+    stdout = capsys.readouterr().out
+    assert "2 on sparse engine(s) of 4 PEs" in stdout
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["toplevel"] == "accelerator" and m["verilog"] == "accelerator.v"
+    assert m["partition"]["sparse_engine"] == ["/fc2/Gemm", "/fc3/Gemm"]
+    assert m["partition"]["backend"] == ["/flatten/Flatten", "/fc1/Gemm"]
+    assert [e["name"] for e in m["sparse"]["engines"]] == ["/fc2/Gemm", "/fc3/Gemm"]
+    assert m["sparse"]["pes"] == 4
+    assert [r["engine"] for r in m["layers"]] == ["backend", "backend", "sparse", "sparse"]
+    commands = decode((tmp_path / "out" / "firmware.bin").read_bytes())
+    assert [c.op for c in commands if c.op in (Op.SEND, Op.RECVS)] == [Op.SEND, Op.RECVS] * 2
+    graph = import_onnx(tmp_path / "out" / "model_q.onnx")
+    fc2 = next(l for l in graph.layers if l.name == "/fc2/Gemm")
+    assert len(np.unique(fc2.weight_q[fc2.weight_q != 0])) <= 15
+    # the model was already pruned to 12.5% in fc2; compression keeps those zeros
+    assert m["sparse"]["engines"][0]["density"] == pytest.approx((fc2.weight_q != 0).mean())
+    assert m["sparse"]["engines"][0]["density"] <= 0.13
+    names = m["partition"]["sparse_engine"]
+    hw = HardwareConfig.from_json(m["config"])
+    limits = CompileLimits.for_backend(hw.backend, hw.scratch_bytes, hw.param_depth)
+    program = compile_graph(graph, limits, sparse=names)
+    assert encode(program.commands) == (tmp_path / "out" / "firmware.bin").read_bytes()
+    x = quantize_input(graph, np.load(examples / "digits_test_x.npy")[:5])
+    engines = [sparse_engine(*e) for e in engine_layers(graph, names, 4)]
+    golden = run_int(graph, x)
+    for i in range(len(x)):
+        assert np.array_equal(run_program(program, x[i], limits, engines), golden[i])
+
+
+def test_build_refuses_sparse_engines_the_board_top_lacks():
+    from hoarfrost.gen.build import _check_board
+    manifest = {"config": {"board": "ulx3s-85f", "name": "ulx3s-85f"},
+                "partition": {"frontend_frozen": [], "sparse_engine": ["/fc/Gemm"]}}
+    with pytest.raises(HoarfrostError, match="compile without --sparse"):
+        _check_board(manifest, "ulx3s-85f")
