@@ -52,6 +52,8 @@ FILES = ("backend.v", "firmware.bin", "firmware.asm", "weights.bin", "model_q.on
 FROZEN_TOPLEVEL = "accelerator"
 FROZEN_FILES = ("accelerator.v", *FILES[1:])
 MANIFEST_VERSION = 1
+#: Work items each sparse PE's queue holds (the Accelerator's default).
+SPARSE_FIFO_DEPTH = 8
 
 
 def sha256(data: bytes) -> str:
@@ -84,7 +86,7 @@ def accelerator_verilog(backend, scratch_bytes: int, param_depth: int, specs,
     from hoarfrost.gen.freeze import frame_events
     from hoarfrost.hw.accelerator import Accelerator
     design = Accelerator(backend, specs, scratch_bytes=scratch_bytes, param_depth=param_depth,
-                         sparse_layers=sparse_layers)
+                         sparse_layers=sparse_layers, sparse_fifo_depth=SPARSE_FIFO_DEPTH)
     text = verilog.convert(design, name=FROZEN_TOPLEVEL, emit_src=False)
     return text, None if design.frozen is None else frame_events(design.frozen)
 
@@ -330,8 +332,8 @@ def _sparse_entry(engines, pes: int, density: float | None, codebook_bits: int) 
                      "codebook": [int(v) for v in enc.codebook],
                      "storage_bits": storage["total"],
                      "bits_per_weight": storage["per_weight"]})
-    return {"pes": pes, "pruned_to_density": density, "codebook_bits": codebook_bits,
-            "engines": rows}
+    return {"pes": pes, "fifo_depth": SPARSE_FIFO_DEPTH, "pruned_to_density": density,
+            "codebook_bits": codebook_bits, "engines": rows}
 
 
 def _frozen_entry(graph: Graph, layers, specs, freeze: int) -> dict:

@@ -38,13 +38,12 @@ RECV      ``stream_channels`` cycles per pixel (one byte-wide scratchpad write p
           take the first beat, one to see the last written: ``lanes * pixels + 2``, when the
           stream offers every beat in time (a lower bound behind a slower frozen front end)
 SEND      ``SEND_FIRST`` 1 (the first byte's read), then one beat a cycle (the next byte is
-          read while a beat is taken): ``length + 1``, exact while the sparse engine takes
-          every beat; each cycle its front end holds a beat (a PE queue full: the engine's
-          ``stall_cycles`` counter) adds one
-RECVS     one result a cycle and one to see the count: ``length + 1``, plus the cycles the
-          engine makes it wait, which depend on the data (the non-zero activations and how
-          their columns' entries spread over the PEs) and are not modelled: a lower bound;
-          ``hoarfrost sim`` reports the measured wait
+          read while a beat is taken): ``length + 1`` while the sparse engine takes every
+          beat; each cycle its front end holds a beat (a PE queue full) adds one
+RECVS     one result a cycle and one to see the count: ``length + 1`` when the results are
+          ready, plus the cycles the engine makes it wait
+          (both engine terms depend on the data: :mod:`hoarfrost.sim.sparse_model` replays
+          the engine on the vector and gives them; this module leaves them out)
 ========  ======================================================================================
 
 MATMUL. ``MM_DIVIDE`` ``m0 // out_w + 1`` (repeated subtraction), ``MM_SETUP`` 5 products:
