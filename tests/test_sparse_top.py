@@ -270,3 +270,23 @@ def test_build_refuses_sparse_engines_the_board_top_lacks():
                 "partition": {"frontend_frozen": [], "sparse_engine": ["/fc/Gemm"]}}
     with pytest.raises(HoarfrostError, match="compile without --sparse"):
         _check_board(manifest, "ulx3s-85f")
+
+
+def test_all_three_stages_from_the_configuration(capsys, examples, tmp_path):
+    """``freeze = 1`` in the configuration (no --freeze) and --sparse 1: conv1 frozen in front
+    of the back end, the back end's firmware RECVs its output, runs conv2 and the pooling, and
+    SENDs the flattened map to the engine of /fc/Gemm."""
+    from hoarfrost.gen.cli import main
+    from test_compile import write_toml
+    config = write_toml(tmp_path, "freeze = 1\nsparse_pes = 4\n")
+    assert main(["compile", str(examples / "digits_cnn.onnx"), "--calib",
+                 str(examples / "digits_calib.npy"), "--config", str(config), "--sparse", "1",
+                 "-o", str(tmp_path / "out")]) == 0
+    capsys.readouterr()
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    p = m["partition"]
+    assert p["frontend_frozen"] == ["/conv1/Conv"] and p["sparse_engine"] == ["/fc/Gemm"]
+    assert p["backend"] == ["/conv2/Conv", "/pool/MaxPool", "/flatten/Flatten"]
+    assert m["config"]["freeze"] == 1 and m["frozen"]["convolutions"] == 1
+    ops = [c.op for c in decode((tmp_path / "out" / "firmware.bin").read_bytes())]
+    assert ops[0] == Op.RECV and ops[-5:] == [Op.SEND, Op.RECVS, Op.STORE, Op.SYNC, Op.END]
