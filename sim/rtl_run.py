@@ -485,7 +485,7 @@ def _text(s: dict, manifest: dict) -> str:
         lines.append(f"frozen front end ({len(f['layers'])} layers, {f['macs']} MACs in logic): "
                      f"{f['out_pixels']:.0f} output pixels per image; its output waited "
                      f"{f['stall_cycles']:.0f} cycles per image for the back end, whose RECV "
-                     f"took {s['recv_cycles']:.0f}")
+                     f"took {s['layers'][0]['cycles']:.0f} (its fetch included)")
     for e in s["sparse"] or []:
         lines.append(f"sparse engine ({e['layer']}): {e['macs']:.0f} MACs, {e['skipped']:.0f} zero "
                      f"activations skipped, {e['busy_cycles']:.0f} busy cycles per image, "
