@@ -312,6 +312,8 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
 
 
 def _partition_note(freeze: int | None, names) -> str:
+    if freeze is None and not names:
+        return "back-end-only accelerator: every layer runs on the programmable back end"
     parts = [f"the first {freeze} convolution(s) frozen in logic, streaming into the back end"
              if freeze is not None else "no frozen front end"]
     parts.append(f"the last {len(names)} fully connected layer(s) on sparse engines, which the "
