@@ -381,8 +381,8 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
     backend = HardwareConfig.from_json(manifest["config"]).backend
     predicted = predicted_layer_cycles(manifest, firmware, backend)
     extra = sparse_layer_extra(manifest, graph, values)
-    predicted = [{**row, "cycles": row["cycles"] + extra.get(row["name"], 0.0)}
-                 for row in predicted]
+    predicted = [{**row, "cycles": row["cycles"] + extra[row["name"]]} if row["name"] in extra
+                 else row for row in predicted]
     layers = [{**row, "cycles": float(np.mean([p[j]["cycles"] for p in per_layer])),
                "predicted_cycles": model["cycles"]}
               for j, (row, model) in enumerate(zip(per_layer[0], predicted))]
@@ -462,7 +462,7 @@ def _text(s: dict, manifest: dict) -> str:
     build = ("cached" if s["verilator_cache_hit"] else f"{s['build_seconds']:.0f} s")
     lines.append(f"simulation: {s['total_cycles']} cycles in {s['sim_seconds']:.1f} s = "
                  f"{speed:,.0f} simulated cycles/s (Verilator build {build})")
-    lines.append(f"cycle model: {s['predicted_cycles']} cycles per image, "
+    lines.append(f"cycle model: {s['predicted_cycles']:.0f} cycles per image, "
                  f"{_error(s['predicted_cycles'], s['mean_cycles'])} against the RTL"
                  + (f" (the model assumes a DRAM without stalls; this run stalled it with "
                     f"probability {s['dram_stall']:g})" if s["dram_stall"] else ""))
@@ -473,7 +473,7 @@ def _text(s: dict, manifest: dict) -> str:
         model = row["predicted_cycles"]
         lines.append(f"{row['name'][:28]:<28} {row['op']:<8} {row['commands']:>4} "
                      f"{row['cycles']:>10.0f} {100 * share:>5.1f}% "
-                     f"{model:>10} {_error(model, row['cycles']):>7}")
+                     f"{model:>10.0f} {_error(model, row['cycles']):>7}")
     e = s["energy_pj"]
     lines.append(f"energy per inference: {e['total'] / 1000:.2f} nJ ({s['energy_source']}): "
                  + ", ".join(f"{k} {v / 1000:.2f} nJ" for k, v in e.items() if k != "total"))
