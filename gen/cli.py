@@ -254,6 +254,9 @@ def cmd_compile(args) -> int:
                              f"{args.freeze!r}")
     if args.freeze is None and config.freeze:
         args.freeze = config.freeze               # the configuration's `freeze = N`
+    elif args.freeze is not None:                 # the manifest records what was built
+        import dataclasses
+        config = dataclasses.replace(config, freeze=args.freeze)
     if args.sparse is not None and args.sparse < 1:
         raise HoarfrostError(f"--sparse must be a positive number of fully connected layers, "
                              f"not {args.sparse!r}")
