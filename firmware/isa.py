@@ -15,6 +15,10 @@ The machine
   once. A ``MATMUL``'s ``w_addr = WCACHE | offset`` (bit 31 set) reads from its byte ``offset``.
 * **Parameter buffer**: the per-channel records of the last ``MATMUL`` that loaded them (a
   ``POOL`` with a table overwrites it).
+* **Sparse engines** (a back end built with ``sparse_engines = E > 0``): ``E`` zero-skipping
+  engines (:class:`~hoarfrost.hw.sparse_matvec.SparseMatVec`), each holding one compressed
+  fully connected layer on chip; ``SEND`` streams an input vector to one, ``RECVS`` takes its
+  results back.
 * **Geometry registers**: set by ``GEOM``, read by the next ``MATMUL``/``POOL``s: the input
   feature map's shape, the window (kernel, stride, padding, dilation) and the output's shape.
 
@@ -51,6 +55,11 @@ ADD       ``src_a, src_b, dst, length, zp_a, zp_b, mult_a, mult_b, shift, zp_out
 RECV      ``dst, pixels``: take ``pixels`` beats from the feature stream into the scratchpad as
           a CHW feature map: ``scratch[dst + c * pixels + p]`` = lane ``c`` of beat ``p``.
           Waits for beats that have not arrived (the frozen front end computes them).
+SEND      ``src, length, engine``: stream ``scratch[src .. src+length-1]`` (int8, one a beat)
+          into sparse engine ``engine``'s input, ``last`` on the final byte: one input vector
+          of a compressed fully connected layer (a back end built with ``sparse_engines``).
+RECVS     ``dst, length, engine``: take ``length`` int8 results of sparse engine ``engine``
+          into ``scratch[dst .. dst+length-1]``. Waits for results not yet computed.
 SYNC      wait until every earlier command has finished (DMA included).
 END       the program is done.
 ========  =================================================================================
@@ -78,6 +87,8 @@ class Op(enum.IntEnum):
     END = 8
     RECV = 9
     LOADW = 10
+    SEND = 11
+    RECVS = 12
 
 
 #: Field names of each command, in encoding order. Names in SIGNED are two's complement.
@@ -95,6 +106,8 @@ FIELDS: dict[Op, tuple[str, ...]] = {
     Op.END: (),
     Op.RECV: ("dst", "pixels"),
     Op.LOADW: ("dram_addr", "dst", "length"),
+    Op.SEND: ("src", "length", "engine"),
+    Op.RECVS: ("dst", "length", "engine"),
 }
 SIGNED = frozenset({"zp_in", "zp_out", "zp_a", "zp_b", "lo", "hi", "lo_in", "hi_in"})
 NO_PARAMS = 0xFFFF_FFFF

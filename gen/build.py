@@ -76,6 +76,9 @@ def _check_board(manifest: dict, board: str) -> None:
         raise HoarfrostError(f"OUT was compiled {what} with configuration "
                              f"{manifest['config']['name']!r}; compile it again with "
                              f"--config {board} to build for the {board}")
+    if manifest["partition"].get("sparse_engine"):
+        raise HoarfrostError("the board top does not carry sparse engines yet (only `sim` "
+                             "runs them); compile without --sparse to build")
 
 
 def frozen_specs(out: Path, manifest: dict) -> tuple:

@@ -252,6 +252,20 @@ def cmd_compile(args) -> int:
     if args.freeze is not None and args.freeze < 1:
         raise HoarfrostError(f"--freeze must be a positive number of convolutions, not "
                              f"{args.freeze!r}")
+    if args.freeze is None and config.freeze:
+        args.freeze = config.freeze               # the configuration's `freeze = N`
+    elif args.freeze is not None:                 # the manifest records what was built
+        import dataclasses
+        config = dataclasses.replace(config, freeze=args.freeze)
+    if args.sparse is not None and args.sparse < 1:
+        raise HoarfrostError(f"--sparse must be a positive number of fully connected layers, "
+                             f"not {args.sparse!r}")
+    if args.sparse_density is not None and not 0 < args.sparse_density <= 1:
+        raise HoarfrostError(f"--sparse-density must be in (0, 1], not {args.sparse_density!r}")
+    if args.sparse is None and (args.sparse_density is not None
+                                or args.codebook_bits is not None):
+        option = "--sparse-density" if args.sparse_density is not None else "--codebook-bits"
+        raise HoarfrostError(f"{option} applies to the sparse engines: add --sparse N")
     graph = load_model(args.model)
     source = {"path": args.model, "sha256": _sha256_file(args.model),
               "quantized": graph.is_quantized}
@@ -270,14 +284,20 @@ def cmd_compile(args) -> int:
         qgraph = _quantized(args, graph)
         source.update(calib_sha256=_sha256_file(args.calib), weight_bits=args.weight_bits)
     m = compile_to_dir(qgraph, config, out, source=source, force=args.force,
-                       freeze=args.freeze)
+                       freeze=args.freeze, sparse=args.sparse,
+                       sparse_density=args.sparse_density,
+                       codebook_bits=args.codebook_bits or 4)
     d = m["dram"]
     summary = {"out": str(out), "manifest": m}
     b = m["config"]["backend"]
     frozen = m.get("frozen")
-    where = ("every layer on the back end" if frozen is None else
-             f"{len(frozen['layers'])} layer(s) frozen in logic, {len(m['layers'])} on the back "
-             f"end")
+    n_sparse = len(m["partition"]["sparse_engine"])
+    where = ("every layer on the back end" if frozen is None and not n_sparse else
+             ("" if frozen is None else f"{len(frozen['layers'])} layer(s) frozen in logic, ")
+             + f"{len(m['layers']) - n_sparse} on the back end")
+    if n_sparse:
+        where += (f", {n_sparse} on sparse engine(s) of {m['config']['sparse_pes']} PEs "
+                  f"(commands SEND/RECVS)")
     lines = [f"{args.model} -> {out}/ for config {config.name!r} ({b['rows']}x{b['cols']} array, "
              f"scratchpad {b['scratch_bytes']} bytes, {m['config']['clock_mhz']:g} MHz): {where}",
              f"{'layer':<28} {'op':<8} {'output':<14} {'MACs':>8} {'cmds':>5} {'w bytes':>8}"]
@@ -286,6 +306,11 @@ def cmd_compile(args) -> int:
                   f"{r['macs']:>8} {'frozen':>5} {0:>8}" for r in frozen["layers"]]
     lines += [f"{r['name'][:28]:<28} {r['op']:<8} {str(tuple(r['output'])):<14} {r['macs']:>8} "
               f"{r['commands']:>5} {r['weight_bytes']:>8}" for r in m["layers"]]
+    for e in (m.get("sparse") or {}).get("engines", []):
+        lines.append(f"sparse engine: {e['name']} {e['rows']}x{e['cols']}, "
+                     f"{e['nonzero_weights']} non-zero weights ({100 * e['density']:.1f}%), "
+                     f"{len(e['codebook'])}-entry codebook, {e['bits_per_weight']:.2f} bits per "
+                     f"weight on chip")
     lines.append(f"{m['commands']} commands ({d['firmware_bytes']} bytes of firmware), DRAM "
                  f"image {d['image_bytes']} bytes, scratchpad peak {m['scratch_peak_bytes']} "
                  f"bytes; wrote {m['verilog']}, firmware.bin/.asm, weights.bin, model_q.onnx, "
@@ -414,8 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "setting to raise. Every layer runs on the programmable back "
                                    "end unless --freeze N puts the first N convolutions into a "
                                    "frozen front end (weights as constants in the logic) that "
-                                   "streams into it; OUT/ then has accelerator.v instead of "
-                                   "backend.v.")
+                                   "streams into it, and/or --sparse N puts the last N fully "
+                                   "connected layers on zero-skipping sparse engines behind it; "
+                                   "OUT/ then has accelerator.v instead of backend.v.")
     p.add_argument("model", metavar="MODEL", help="an .onnx file (float with --calib, or QDQ)")
     p.add_argument("--config", metavar="C",
                    help="a preset (default, icebreaker, ulx3s-85f) or a .toml file: "
@@ -431,6 +457,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate the first N convolutions (with the max pooling and "
                         "activations in line with them) as a frozen front end whose output "
                         "streams into the back end; they must form a chain from the input")
+    p.add_argument("--sparse", type=int, metavar="N",
+                   help="run the last N fully connected layers on zero-skipping sparse engines "
+                        "(one each, sparse_pes PEs from the configuration, weights compressed "
+                        "on chip), fed by the back end's SEND and read back by RECVS; the "
+                        "layers are weight-shared to a codebook (and pruned with "
+                        "--sparse-density), and model_q.onnx holds them so")
+    p.add_argument("--sparse-density", type=float, metavar="D",
+                   help="with --sparse: prune those layers by magnitude to this fraction of "
+                        "non-zero weights (default: keep the zeros the model has)")
+    p.add_argument("--codebook-bits", type=int, choices=(2, 3, 4), metavar="2|3|4",
+                   help="with --sparse: codebook of 2**B entries (default 4: 16)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")
     p.add_argument("--force", action="store_true", help="replace an existing OUT")
     p.add_argument("--json", action="store_true", help="print one JSON summary (the manifest)")

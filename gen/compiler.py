@@ -4,7 +4,9 @@ Each layer becomes commands of :mod:`hoarfrost.firmware.isa`: a convolution or f
 layer one ``GEOM`` and one ``MATMUL`` per (group, output-channel tile, output-pixel tile) so
 that every tile fits the accumulator bank and the parameter buffer; pooling and standalone
 activations a ``POOL``; a residual sum an ``ADD``; Flatten/Reshape nothing at all (feature maps
-are CHW, so the bytes are already in order). Feature maps live in the scratchpad at offsets a
+are CHW, so the bytes are already in order); a fully connected layer placed on a sparse engine
+(``sparse=``) a ``SEND`` of its input vector and a ``RECVS`` of its output (its weights are in
+the engine, not in DRAM). Feature maps live in the scratchpad at offsets a
 first-fit allocator hands out and takes back after a tensor's last use.
 
 The DRAM image holds, from address 0: per layer the int8 weights of each tile (in the systolic
@@ -69,6 +71,8 @@ class Program:
         Per layer: name, op, commands, MACs, weight and parameter bytes.
     scratch_peak : int
         Most scratchpad bytes in use at once.
+    sparse : list[str]
+        The layers on sparse engines, engine ``i`` running ``sparse[i]``.
     """
 
     commands: list[Command]
@@ -80,6 +84,7 @@ class Program:
     dram_bytes: int
     layers: list[dict] = field(default_factory=list)
     scratch_peak: int = 0
+    sparse: list[str] = field(default_factory=list)
 
 
 def _align(n: int) -> int:
@@ -137,9 +142,16 @@ def _table_blob(multiplier, shift) -> bytes:
 
 
 class _Compiler:
-    def __init__(self, graph: Graph, limits: CompileLimits, *, streamed: bool = False):
+    def __init__(self, graph: Graph, limits: CompileLimits, *, streamed: bool = False,
+                 sparse=()):
         if not graph.is_quantized:
             raise HoarfrostError(f"model {graph.name!r} is float: quantize it first")
+        self.sparse = list(sparse)            # layer names, in engine order
+        for name in self.sparse:
+            layer = next((l for l in graph.layers if l.name == name), None)
+            if not isinstance(layer, Dense):
+                raise HoarfrostError(f"layer {name!r} is not a fully connected layer of "
+                                     f"{graph.name!r}: the sparse engine runs only those")
         self.g, self.limits = graph, limits
         self.streamed = streamed              # the input arrives by RECV, not from DRAM
         self.image = _Image()
@@ -187,7 +199,7 @@ class _Compiler:
         self.emit(Op.END)
         return Program(self.commands, bytes(self.image.data), input_addr, output_addr,
                        tuple(g.shapes[g.input]), tuple(g.shapes[g.output]),
-                       len(self.image.data), self.table, self.scratch.peak)
+                       len(self.image.data), self.table, self.scratch.peak, self.sparse)
 
     def input_command(self, input_addr: int | None) -> Command:
         """The command that brings the input into the scratchpad: a ``LOAD`` from DRAM, or a
@@ -218,7 +230,9 @@ class _Compiler:
 
     # -- layers -------------------------------------------------------------------------------
     def layer(self, layer: Layer):
-        if isinstance(layer, Conv2d):
+        if layer.name in self.sparse:
+            self.sparse_layer(layer)
+        elif isinstance(layer, Conv2d):
             self.matmul(layer, layer.weight_q, layer.groups, layer.stride, layer.pads,
                         layer.dilation)
         elif isinstance(layer, Dense):
@@ -312,6 +326,14 @@ class _Compiler:
             self.wcache_top += _align(length)
         return WCACHE | self.wcache[w_addr]
 
+    def sparse_layer(self, layer):
+        """The input vector (the flattened tensor, already in column order) to the layer's
+        engine and its outputs back; bias, requantization and clamp happen in the engine."""
+        engine = self.sparse.index(layer.name)
+        src, dst = self.addr(layer.inputs[0]), self.out_alloc(layer)
+        self.emit(Op.SEND, src=src, length=self.size(layer.inputs[0]), engine=engine)
+        self.emit(Op.RECVS, dst=dst, length=self.size(layer.output), engine=engine)
+
     def pool(self, layer):
         q_in, q_out = self.g.quant[layer.inputs[0]], self.g.quant[layer.output]
         src, dst = self.addr(layer.inputs[0]), self.out_alloc(layer)
@@ -361,14 +383,17 @@ class _Compiler:
                   zp_out=rq.zero_point, lo=rq.lo, hi=rq.hi)
 
 
-def compile_graph(graph: Graph, limits: CompileLimits = CompileLimits()) -> Program:
-    """Firmware and DRAM image running ``graph`` on the back end, one image at a time."""
-    return _Compiler(graph, limits).run()
+def compile_graph(graph: Graph, limits: CompileLimits = CompileLimits(), *,
+                  sparse=()) -> Program:
+    """Firmware and DRAM image running ``graph`` on the back end, one image at a time; the
+    fully connected layers named in ``sparse`` run on sparse engines 0, 1, ... in that order."""
+    return _Compiler(graph, limits, sparse=sparse).run()
 
 
-def compile_streamed(graph: Graph, limits: CompileLimits = CompileLimits()) -> Program:
+def compile_streamed(graph: Graph, limits: CompileLimits = CompileLimits(), *,
+                     sparse=()) -> Program:
     """Like :func:`compile_graph`, for the back half of a graph cut behind a frozen front end
     (:func:`~hoarfrost.gen.ir.split_graph`): the input, a ``(C, H, W)`` feature map, arrives
     on the back end's feature stream by one ``RECV`` instead of a ``LOAD`` from DRAM. The DRAM
     image has no input buffer; ``Program.input_addr`` is None."""
-    return _Compiler(graph, limits, streamed=True).run()
+    return _Compiler(graph, limits, streamed=True, sparse=sparse).run()

@@ -8,6 +8,8 @@ size, the parameter-buffer depth, the clock and the board. ``--config`` takes a 
     preset = "ulx3s-85f"      # optional: start from this preset (default: "default")
     board = "ulx3s-85f"       # optional
     clock_mhz = 25.0          # optional
+    freeze = 2                # optional: as `compile --freeze 2` (default 0: no frozen layers)
+    sparse_pes = 8            # optional: processing elements of each sparse engine (default 8)
 
     [backend]                 # any BackendConfig field, plus scratch_bytes and param_depth
     rows = 8
@@ -16,8 +18,8 @@ size, the parameter-buffer depth, the clock and the board. ``--config`` takes a 
     scratch_bytes = 32768
 
 Unknown keys, wrong types and bad values end in one :class:`HoarfrostError` naming the key and
-the file. Not here yet: the frozen front end's depth and the sparse engine's PEs (the
-accelerator is back-end only so far).
+the file. ``compile --freeze N`` overrides ``freeze``; which layers go to sparse engines is
+``compile --sparse N``'s choice, how many PEs each engine has is ``sparse_pes``'.
 """
 
 from __future__ import annotations
@@ -52,6 +54,11 @@ class HardwareConfig:
         Clock the energy/time figures assume (the board's oscillator by default).
     board : str or None
         Target board (one of :data:`BOARDS`), or None for simulation only.
+    freeze : int
+        Convolutions in the frozen front end when ``compile`` is not given ``--freeze``
+        (0: none).
+    sparse_pes : int
+        Processing elements of each sparse engine (``compile --sparse``).
     """
 
     name: str
@@ -60,9 +67,12 @@ class HardwareConfig:
     param_depth: int
     clock_mhz: float
     board: str | None = None
+    freeze: int = 0
+    sparse_pes: int = 8
 
     def to_json(self) -> dict:
         return {"name": self.name, "board": self.board, "clock_mhz": self.clock_mhz,
+                "freeze": self.freeze, "sparse_pes": self.sparse_pes,
                 "backend": {**dataclasses.asdict(self.backend),
                             "scratch_bytes": self.scratch_bytes,
                             "param_depth": self.param_depth}}
@@ -72,7 +82,8 @@ class HardwareConfig:
         """Inverse of :meth:`to_json` (the manifest's ``config``)."""
         backend = dict(d["backend"])
         scratch, params = backend.pop("scratch_bytes"), backend.pop("param_depth")
-        return cls(d["name"], BackendConfig(**backend), scratch, params, d["clock_mhz"], d["board"])
+        return cls(d["name"], BackendConfig(**backend), scratch, params, d["clock_mhz"], d["board"],
+                   d.get("freeze", 0), d.get("sparse_pes", 8))
 
 
 PRESETS: dict[str, HardwareConfig] = {
@@ -88,7 +99,7 @@ PRESETS: dict[str, HardwareConfig] = {
 }
 
 _BACKEND_FIELDS = {f.name: f.type for f in dataclasses.fields(BackendConfig)}
-_TOP_KEYS = {"preset", "board", "clock_mhz", "backend"}
+_TOP_KEYS = {"preset", "board", "clock_mhz", "backend", "freeze", "sparse_pes"}
 
 
 def _check_int(value, key: str, where: str, minimum: int = 1) -> int:
@@ -123,6 +134,8 @@ def _from_toml(path: Path) -> HardwareConfig:
     clock = doc.get("clock_mhz", base.clock_mhz)
     if isinstance(clock, bool) or not isinstance(clock, (int, float)) or not clock > 0:
         raise HoarfrostError(f"{where}: clock_mhz must be a positive number, not {clock!r}")
+    freeze = _check_int(doc.get("freeze", base.freeze), "freeze", where, 0)
+    sparse_pes = _check_int(doc.get("sparse_pes", base.sparse_pes), "sparse_pes", where, 1)
     section = doc.get("backend", {})
     if not isinstance(section, dict):
         raise HoarfrostError(f"{where}: backend must be a table ([backend]), not {section!r}")
@@ -144,7 +157,8 @@ def _from_toml(path: Path) -> HardwareConfig:
         backend = dataclasses.replace(base.backend, **overrides)
     except ValueError as exc:            # BackendConfig names the field and the rule
         raise HoarfrostError(f"{where}: [backend] {exc}") from None
-    return HardwareConfig(where, backend, scratch, params, float(clock), board)
+    return HardwareConfig(where, backend, scratch, params, float(clock), board, freeze,
+                          sparse_pes)
 
 
 def load_config(spec: str | None) -> HardwareConfig:

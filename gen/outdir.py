@@ -4,9 +4,11 @@ OUT/ holds everything needed to simulate or build the accelerator without the so
 
 =================  =========================================================================
 ``backend.v``      Verilog of the back end (:class:`~hoarfrost.hw.backend.BackEnd`), top
-                   module ``backend``; with ``--freeze N`` instead ``accelerator.v``, the
-                   :class:`~hoarfrost.hw.accelerator.Accelerator`: the frozen first ``N``
-                   convolutions streaming into the back end, top module ``accelerator``
+                   module ``backend``; with ``--freeze N`` or ``--sparse N`` instead
+                   ``accelerator.v``, the :class:`~hoarfrost.hw.accelerator.Accelerator`: the
+                   frozen first ``N`` convolutions streaming into the back end, and/or the
+                   last ``N`` fully connected layers on sparse engines (their compressed
+                   weights in the Verilog), top module ``accelerator``
 ``firmware.bin``   the command stream (:func:`hoarfrost.firmware.isa.encode`); with
                    ``--freeze`` it starts with the ``RECV`` of the frozen layers' output
 ``firmware.asm``   its disassembly
@@ -15,7 +17,8 @@ OUT/ holds everything needed to simulate or build the accelerator without the so
 ``model_q.onnx``   the QDQ model that was compiled: the golden model ``sim`` checks against
 ``manifest.json``  configuration, partition, DRAM layout, layer table (the back end's layers),
                    file digests; with ``--freeze`` also ``frozen``: the frozen layers, their
-                   MACs, pixel counts and events per frame
+                   MACs, pixel counts and events per frame; with ``--sparse`` also
+                   ``sparse``: per engine its layer, shape, non-zero weights and storage
 =================  =========================================================================
 
 The directory is built next to OUT under a temporary name and renamed into place at the end,
@@ -49,6 +52,8 @@ FILES = ("backend.v", "firmware.bin", "firmware.asm", "weights.bin", "model_q.on
 FROZEN_TOPLEVEL = "accelerator"
 FROZEN_FILES = ("accelerator.v", *FILES[1:])
 MANIFEST_VERSION = 1
+#: Work items each sparse PE's queue holds (the Accelerator's default).
+SPARSE_FIFO_DEPTH = 8
 
 
 def sha256(data: bytes) -> str:
@@ -69,17 +74,21 @@ def backend_verilog(backend, scratch_bytes: int, param_depth: int) -> str:
     return verilog.convert(design, name=TOPLEVEL)
 
 
-def accelerator_verilog(backend, scratch_bytes: int, param_depth: int, specs) -> tuple[str, dict]:
-    """Verilog of the accelerator with the frozen layers ``specs`` in front of the back end,
-    and the frozen block's events per frame (:func:`hoarfrost.gen.freeze.frame_events`, from
-    the structure just elaborated), which ``sim`` prices."""
+def accelerator_verilog(backend, scratch_bytes: int, param_depth: int, specs,
+                        sparse_layers=()) -> tuple[str, dict | None]:
+    """Verilog of the accelerator with the frozen layers ``specs`` in front of the back end
+    and the sparse engines ``sparse_layers`` (see :class:`~hoarfrost.hw.accelerator.
+    Accelerator`) behind it, and the frozen block's events per frame
+    (:func:`hoarfrost.gen.freeze.frame_events`, from the structure just elaborated, None
+    without frozen layers), which ``sim`` prices."""
     from amaranth.back import verilog
 
     from hoarfrost.gen.freeze import frame_events
     from hoarfrost.hw.accelerator import Accelerator
-    design = Accelerator(backend, specs, scratch_bytes=scratch_bytes, param_depth=param_depth)
+    design = Accelerator(backend, specs, scratch_bytes=scratch_bytes, param_depth=param_depth,
+                         sparse_layers=sparse_layers, sparse_fifo_depth=SPARSE_FIFO_DEPTH)
     text = verilog.convert(design, name=FROZEN_TOPLEVEL, emit_src=False)
-    return text, frame_events(design.frozen)
+    return text, None if design.frozen is None else frame_events(design.frozen)
 
 
 def frozen_partition(graph: Graph, freeze: int):
@@ -115,7 +124,7 @@ def check_fits(graph: Graph, config: HardwareConfig) -> None:
                                  f"--weight-bits {config.backend.weight_bits}")
 
 
-def layer_table(graph: Graph, program, config: HardwareConfig) -> list[dict]:
+def layer_table(graph: Graph, program, config: HardwareConfig, sparse=()) -> list[dict]:
     """Per layer: shapes, MACs, its commands (first index and count) and DRAM bytes.
 
     Command 0 is the input ``LOAD`` (``RECV`` behind a frozen front end); the layers' commands
@@ -146,7 +155,8 @@ def layer_table(graph: Graph, program, config: HardwareConfig) -> list[dict]:
             elif c.op == Op.POOL and c.p_addr != NO_PARAMS and c.p_addr not in seen:
                 seen.add(c.p_addr)
                 param_bytes += 8 * (1 if c.kind == 0 else k + 1)
-        table.append({"name": layer.name, "op": layer.op, "engine": "backend",
+        table.append({"name": layer.name, "op": layer.op,
+                      "engine": "sparse" if layer.name in sparse else "backend",
                       "inputs": [list(graph.shapes[t]) for t in layer.inputs],
                       "output": list(graph.shapes[layer.output]),
                       "macs": macs(layer, graph.shapes),
@@ -167,15 +177,23 @@ def _tensor(graph: Graph, name: str) -> dict:
 
 
 def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: dict,
-                   force: bool = False, freeze: int | None = None) -> dict:
+                   force: bool = False, freeze: int | None = None, sparse: int | None = None,
+                   sparse_density: float | None = None, codebook_bits: int = 4) -> dict:
     """Compile ``qgraph`` for ``config`` and write OUT/; returns the manifest.
 
     ``source`` describes the model compiled (path, sha256, how it was quantized). ``freeze``
     puts the first ``freeze`` convolutions (and the pooling/activations in line with them) into
     a frozen front end and compiles the rest for the back end, its input arriving by ``RECV``.
+    ``sparse`` puts the last ``sparse`` fully connected layers on sparse engines of
+    ``config.sparse_pes`` PEs each, pruned to ``sparse_density`` (None: their own zeros) and
+    weight-shared to ``2**codebook_bits`` codebook entries (:mod:`hoarfrost.gen.sparse_partition`);
+    model_q.onnx then holds the compressed layers, the golden model ``sim`` checks.
     Raises :class:`HoarfrostError` (nothing written) if OUT exists without ``force``, the model
-    does not fit the configuration or cannot be frozen that deep.
+    does not fit the configuration or cannot be frozen that deep, or has fewer fully connected
+    layers than ``sparse``.
     """
+    from hoarfrost.gen.sparse_partition import (compress_for_engines, engine_layers,
+                                                sparse_layer_names)
     from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
     from hoarfrost.gen.onnx_import import import_onnx
     from hoarfrost.gen.qdq import save_qdq
@@ -194,12 +212,20 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
     def back_end_part(graph):
         """(frozen layers, specs, the graph the back end runs, its program)."""
         if freeze is None:
-            return [], [], graph, compile_graph(graph, limits)
+            return [], [], graph, compile_graph(graph, limits, sparse=names)
         layers, specs, _, back = frozen_partition(graph, freeze)
-        return layers, specs, back, compile_streamed(back, limits)
+        return layers, specs, back, compile_streamed(back, limits, sparse=names)
 
-    # a bad --freeze first (the cause to fix), then what the back end runs must fit it
-    check_fits(qgraph if freeze is None else frozen_partition(qgraph, freeze)[3], config)
+    # a bad --freeze first (the cause to fix), then --sparse, then what the back end runs must
+    # fit it (the sparse layers run on their engines, 8-bit codebooks, not on the array)
+    back_graph = qgraph if freeze is None else frozen_partition(qgraph, freeze)[3]
+    names = [] if sparse is None else sparse_layer_names(back_graph, sparse)
+    if names:
+        qgraph = compress_for_engines(qgraph, names, density=sparse_density,
+                                      codebook_bits=codebook_bits, pes=config.sparse_pes)
+    check_fits(Graph(back_graph.input, back_graph.output, back_graph.shapes,
+                     [layer for layer in back_graph.layers if layer.name not in names],
+                     back_graph.quant, back_graph.name), config)
     try:
         back_end_part(qgraph)                        # does it fit? before anything is written
     except HoarfrostError as exc:
@@ -218,39 +244,43 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
         (tmp / "firmware.bin").write_bytes(firmware)
         (tmp / "firmware.asm").write_text(disassemble(program.commands))
         (tmp / "weights.bin").write_bytes(program.image)
-        files = FILES if freeze is None else FROZEN_FILES
-        if freeze is None:
+        accelerator = freeze is not None or bool(names)
+        files = FROZEN_FILES if accelerator else FILES
+        engines = engine_layers(graph, names, config.sparse_pes)
+        frame_events = None
+        if not accelerator:
             _progress(f"elaborating the back end's Verilog ({config.backend.rows}x"
                       f"{config.backend.cols} array) ...")
             (tmp / files[0]).write_text(
                 backend_verilog(config.backend, config.scratch_bytes, config.param_depth))
         else:
             _progress(f"elaborating the accelerator's Verilog ({len(specs)} frozen stage(s) "
-                      f"in front of the {config.backend.rows}x{config.backend.cols} back end) ...")
+                      f"in front of the {config.backend.rows}x{config.backend.cols} back end, "
+                      f"{len(engines)} sparse engine(s)) ...")
             text, frame_events = accelerator_verilog(config.backend, config.scratch_bytes,
-                                                     config.param_depth, specs)
+                                                     config.param_depth, specs, engines)
             (tmp / files[0]).write_text(text)
         firmware_addr = -(-program.dram_bytes // 4) * 4      # as sim.backend_host.dram_image
-        layers = layer_table(back, program, config)
+        layers = layer_table(back, program, config, names)
         streamed = program.input_addr is None
         manifest = {
             "format": MANIFEST_VERSION,
             "hoarfrost_version": __version__,
-            "toplevel": TOPLEVEL if freeze is None else FROZEN_TOPLEVEL,
+            "toplevel": FROZEN_TOPLEVEL if accelerator else TOPLEVEL,
             "verilog": files[0],
             "config": config.to_json(),
             "source_model": source,
             "partition": {
-                "frontend_frozen": [layer.name for layer in frozen], "sparse_engine": [],
-                "backend": [layer.name for layer in back.layers],
-                "note": ("back-end-only accelerator: no frozen front end or sparse engine yet, "
-                         "every layer runs on the programmable back end" if freeze is None else
-                         f"the first {freeze} convolution(s) frozen in logic, streaming into the "
-                         f"back end; no sparse engine yet"),
+                "frontend_frozen": [layer.name for layer in frozen], "sparse_engine": names,
+                "backend": [layer.name for layer in back.layers if layer.name not in names],
+                "note": _partition_note(freeze, names),
             },
             **({} if freeze is None else
                {"frozen": {**_frozen_entry(graph, frozen, specs, freeze),
                            "frame_events": frame_events}}),
+            **({} if not names else
+               {"sparse": _sparse_entry(engines, config.sparse_pes, sparse_density,
+                                        codebook_bits)}),
             "input": _tensor(graph, graph.input),
             "output": _tensor(graph, graph.output),
             "dram": {"image_bytes": len(program.image),
@@ -284,6 +314,33 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return manifest
+
+
+def _partition_note(freeze: int | None, names) -> str:
+    if freeze is None and not names:
+        return "back-end-only accelerator: every layer runs on the programmable back end"
+    parts = [f"the first {freeze} convolution(s) frozen in logic, streaming into the back end"
+             if freeze is not None else "no frozen front end"]
+    parts.append(f"the last {len(names)} fully connected layer(s) on sparse engines, which the "
+                 f"back end's firmware feeds by SEND and reads by RECVS" if names else
+                 "no sparse engine")
+    return "; ".join(parts) + "; every other layer on the programmable back end"
+
+
+def _sparse_entry(engines, pes: int, density: float | None, codebook_bits: int) -> dict:
+    """The manifest's description of the sparse engines (engine ``i`` runs ``engines[i]``)."""
+    rows = []
+    for enc, layer, _ in engines:
+        storage = enc.storage_bits()
+        rows.append({"name": layer.name, "rows": enc.rows, "cols": enc.cols,
+                     "nonzero_weights": int((layer.weight_q != 0).sum()),
+                     "density": float((layer.weight_q != 0).mean()),
+                     "entries": enc.entries, "padding": enc.padding,
+                     "codebook": [int(v) for v in enc.codebook],
+                     "storage_bits": storage["total"],
+                     "bits_per_weight": storage["per_weight"]})
+    return {"pes": pes, "fifo_depth": SPARSE_FIFO_DEPTH, "pruned_to_density": density,
+            "codebook_bits": codebook_bits, "engines": rows}
 
 
 def _frozen_entry(graph: Graph, layers, specs, freeze: int) -> dict:

@@ -43,7 +43,7 @@ from hoarfrost.gen.quantize import lower_integer
 
 __all__ = [
     "REL_BITS", "CODEBOOK_BITS", "SparseEncoding", "prune_magnitude", "kmeans_1d",
-    "share_weights", "encode", "compress_dense", "compress_graph",
+    "share_weights", "encode", "compress_dense", "compress_graph", "encode_shared",
 ]
 
 #: Bits of a relative row index: gaps up to 15 zero rows fit, longer ones need padding.
@@ -336,8 +336,9 @@ def compress_dense(layer: Dense, q_in: QParams, q_out: QParams, *, codebook_bits
 
 
 def compress_graph(graph: Graph, *, codebook_bits: int = 4, density: float | None = None,
-                   pes: int = 8) -> tuple[Graph, dict[str, SparseEncoding]]:
-    """Compress every :class:`Dense` layer of a quantized graph (see :func:`compress_dense`).
+                   pes: int = 8, names=None) -> tuple[Graph, dict[str, SparseEncoding]]:
+    """Compress every :class:`Dense` layer of a quantized graph (see :func:`compress_dense`),
+    or only those named in ``names``.
 
     Returns a new graph, runnable by :func:`hoarfrost.sim.golden.run_int`, and the encodings
     keyed by layer name. Other layers are shared with ``graph`` unchanged.
@@ -346,7 +347,7 @@ def compress_graph(graph: Graph, *, codebook_bits: int = 4, density: float | Non
         raise HoarfrostError(f"model {graph.name!r} is not quantized")
     layers, encodings = [], {}
     for layer in graph.layers:
-        if isinstance(layer, Dense):
+        if isinstance(layer, Dense) and (names is None or layer.name in names):
             layer, encodings[layer.name] = compress_dense(
                 layer, graph.quant[layer.inputs[0]], graph.quant[layer.output],
                 codebook_bits=codebook_bits, density=density, pes=pes)
@@ -354,6 +355,28 @@ def compress_graph(graph: Graph, *, codebook_bits: int = 4, density: float | Non
     compressed = Graph(graph.input, graph.output, dict(graph.shapes), layers, dict(graph.quant),
                        graph.name, graph.input_dtype, dict(graph.extra))
     return compressed, encodings
+
+
+def encode_shared(layer: Dense, pes: int) -> SparseEncoding:
+    """The encoding of a layer already weight-shared (by :func:`compress_dense`), read back
+    from its integer weights alone, e.g. after a round trip through a QDQ file.
+
+    The codebook is the layer's distinct non-zero ``weight_q`` values (entry 0 stays 0, unused
+    entries are 0 too), in the smallest of :data:`CODEBOOK_BITS` that holds them. Centroids
+    that rounded to the same int8 value share an entry; one that rounded to 0 is no entry at
+    all: the products are the same, so the engine still equals ``dense_int`` on ``layer``.
+    """
+    weight_q = np.asarray(layer.weight_q, dtype=np.int64)
+    values = np.unique(weight_q[weight_q != 0])
+    bits = next((b for b in CODEBOOK_BITS if len(values) < 1 << b), None)
+    if bits is None:
+        raise HoarfrostError(f"layer {layer.name!r} has {len(values)} distinct weights, a "
+                             f"codebook holds at most {(1 << CODEBOOK_BITS[-1]) - 1}: it is not "
+                             f"weight-shared")
+    codebook = np.zeros(1 << bits, dtype=np.int64)
+    codebook[1:1 + len(values)] = values
+    index = np.where(weight_q != 0, 1 + np.searchsorted(values, weight_q), 0)
+    return encode(index, codebook, pes)
 
 
 def random_activations(rng: np.random.Generator, count: int, cols: int, act_density: float,

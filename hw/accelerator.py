@@ -1,11 +1,18 @@
-"""The accelerator top: the frozen front end (optional) feeding the programmable back end.
+"""The accelerator top: frozen front end (optional) -> programmable back end -> sparse engines.
 
 The frozen block (:class:`~hoarfrost.hw.frozen.FrozenFeatureExtractor`, the first convolutions
 of the model with their weights in the logic) takes the input image one pixel per beat and
 streams its output feature map, one pixel per beat with all channels, into the back end's
 ``feature_in``; the firmware's ``RECV`` writes it into the scratchpad and the remaining layers
-run on the back end (:class:`~hoarfrost.hw.backend.BackEnd`). Without frozen layers the top is
-the back end alone, its input loaded from DRAM.
+run on the back end (:class:`~hoarfrost.hw.backend.BackEnd`). Without frozen layers the input
+is loaded from DRAM.
+
+Sparse engines (optional): one :class:`~hoarfrost.hw.sparse_matvec.SparseMatVec` per
+compressed fully connected layer, its weights on chip. The back end runs each as a coprocessor:
+the firmware's ``SEND`` streams the layer's input vector from the scratchpad into the engine,
+``RECVS`` takes its requantized outputs back into the scratchpad, where later layers (or the
+output ``STORE``) find them. The back end's ``sparse_sel`` routes its one pair of streams to
+the engine the command names.
 
 The DRAM side stays the back end's pair of byte streams per direction; the AXI bridge plugs in
 there.
@@ -15,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import Module
+from amaranth import Array, Module
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -24,13 +31,24 @@ from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.dram_bridge import DRAM_PORT_STREAMS, DramPortSignature
 from hoarfrost.hw.frozen import FrozenFeatureExtractor
 from hoarfrost.hw.line_buffer import pixel_layout
+from hoarfrost.hw.sparse_matvec import SparseMatVec
 
-__all__ = ["Accelerator", "FROZEN_COUNTERS"]
+__all__ = ["Accelerator", "FROZEN_COUNTERS", "SPARSE_COUNTERS", "sparse_counter_names"]
 
 #: Counters of the frozen block, as the accelerator's ports name them (``frozen_`` + the
 #: block's own name): cycles since its first input beat, cycles its output waited on the back
 #: end, output pixels delivered. They run on across images (no reset between frames).
 FROZEN_COUNTERS = ("frozen_cycles", "frozen_stall_cycles", "frozen_out_pixels")
+
+#: Counters of each sparse engine (:class:`~hoarfrost.hw.sparse_matvec.SparseMatVec`'s), as
+#: the accelerator's ports name them: ``sparse<i>_`` + the engine's own name. They run on
+#: across images.
+SPARSE_COUNTERS = ("cycles", "busy_cycles", "skipped", "macs", "entries", "stall_cycles")
+
+
+def sparse_counter_names(engines: int) -> tuple[str, ...]:
+    """The accelerator's port names of the counters of ``engines`` sparse engines."""
+    return tuple(f"sparse{i}_{name}" for i in range(engines) for name in SPARSE_COUNTERS)
 
 
 class Accelerator(wiring.Component):
@@ -46,6 +64,12 @@ class Accelerator(wiring.Component):
         As :class:`~hoarfrost.hw.backend.BackEnd`.
     stages : int
         Pipeline stages of each frozen convolution.
+    sparse_layers : sequence of (SparseEncoding, Dense, QParams)
+        Per sparse engine: the compressed layer, the weight-shared layer (bias, requantization)
+        and its input's quantization, as :class:`~hoarfrost.hw.sparse_matvec.SparseMatVec`
+        takes them; engine ``i`` is the firmware's ``engine = i``. Empty: no sparse engine.
+    sparse_fifo_depth : int
+        Work items each sparse PE's queue holds.
 
     Members
     -------
@@ -62,14 +86,19 @@ class Accelerator(wiring.Component):
         The back end's counters, :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS`.
     frozen_cycles, frozen_stall_cycles, frozen_out_pixels : ``Out(32)``
         Only with frozen layers: the frozen block's counters, :data:`FROZEN_COUNTERS`.
+    sparse0_cycles, sparse0_macs, ... : ``Out(32)``
+        Only with sparse engines: each engine's counters, :func:`sparse_counter_names`.
     """
 
     def __init__(self, config: BackendConfig, frozen_specs: Sequence = (), *,
-                 scratch_bytes: int = 4096, param_depth: int = 64, stages: int = 4):
+                 scratch_bytes: int = 4096, param_depth: int = 64, stages: int = 4,
+                 sparse_layers: Sequence = (), sparse_fifo_depth: int = 8):
         self.frozen = FrozenFeatureExtractor(frozen_specs, stages=stages) if frozen_specs else None
         channels = frozen_specs[-1].out_channels if frozen_specs else 0
+        self.sparse = [SparseMatVec(enc, layer, q_in, fifo_depth=sparse_fifo_depth)
+                       for enc, layer, q_in in sparse_layers]
         self.backend = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
-                               stream_channels=channels)
+                               stream_channels=channels, sparse_engines=len(self.sparse))
         cw = config.counter_width
         ports = {
             "start": In(1),
@@ -82,6 +111,7 @@ class Accelerator(wiring.Component):
         if self.frozen is not None:
             ports["pixels"] = In(stream.Signature(pixel_layout(frozen_specs[0].in_channels)))
             ports.update({name: Out(32) for name in FROZEN_COUNTERS})
+        ports.update({name: Out(32) for name in sparse_counter_names(len(self.sparse))})
         super().__init__(ports)
 
     def elaborate(self, platform):
@@ -98,4 +128,27 @@ class Accelerator(wiring.Component):
             wiring.connect(m, frozen.o_stream, backend.feature_in)
             m.d.comb += [getattr(self, f"frozen_{name}").eq(getattr(frozen, name))
                          for name in ("cycles", "stall_cycles", "out_pixels")]
+        if self.sparse:
+            self._sparse_engines(m, backend)
         return m
+
+    def _sparse_engines(self, m, backend):
+        """The back end's ``sparse_out``/``sparse_in`` to the engine ``sparse_sel`` names.
+        An engine not selected sees no input and its results wait (``SEND`` and ``RECVS``
+        of one layer name the same engine)."""
+        send, results, sel = backend.sparse_out, backend.sparse_in, backend.sparse_sel
+        for i, engine in enumerate(self.sparse):
+            m.submodules[f"sparse{i}"] = engine
+            chosen = sel == i
+            m.d.comb += [engine.i_stream.payload.eq(send.payload),
+                         engine.i_stream.valid.eq(send.valid & chosen),
+                         engine.o_stream.ready.eq(results.ready & chosen)]
+            m.d.comb += [getattr(self, f"sparse{i}_{name}").eq(getattr(engine, name))
+                         for name in SPARSE_COUNTERS]
+        # (an engine index past the last reads as engine 0's: the compiler never emits one)
+        pick = sel if len(self.sparse) > 1 else 0
+        m.d.comb += [
+            send.ready.eq(Array(e.i_stream.ready for e in self.sparse)[pick]),
+            results.valid.eq(Array(e.o_stream.valid for e in self.sparse)[pick]),
+            results.payload.eq(Array(e.o_stream.payload for e in self.sparse)[pick]),
+        ]

@@ -16,7 +16,10 @@ after another:
 * ``POOL`` (max/average, or a standalone clamp as a 1x1 max) and ``ADD`` (residual) run on a
   scalar unit that shares the requantizer;
 * ``RECV`` (a back end built with ``stream_channels > 0``) takes pixels of the frozen front
-  end's output from the ``feature_in`` stream into the scratchpad, one lane per cycle.
+  end's output from the ``feature_in`` stream into the scratchpad, one lane per cycle;
+* ``SEND`` and ``RECVS`` (a back end built with ``sparse_engines > 0``) stream a vector from
+  the scratchpad to a sparse engine (``sparse_out``) and its results back (``sparse_in``), one
+  byte a cycle, so the engine runs as a coprocessor between the firmware's other commands.
 
 Timing: nothing multiplies per element. ``GEOM``, ``MATMUL`` and ``ADD`` start with setup
 states that form their products (``in_h * in_w``, the strides ``sh * in_w`` ..., ``c0 *
@@ -45,6 +48,7 @@ from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.gemm_engine import GemmEngine
 from hoarfrost.hw.line_buffer import pixel_layout
 from hoarfrost.hw.requant import Requantizer
+from hoarfrost.hw.sparse_matvec import activation_layout
 
 __all__ = ["BackEnd", "BACKEND_COUNTERS", "dram_request_layout"]
 
@@ -89,6 +93,9 @@ class BackEnd(wiring.Component):
     stream_channels : int
         Lanes of the ``feature_in`` stream (the frozen front end's output channels); 0 (the
         default) builds no stream, and ``RECV`` then stops the machine like an unknown op.
+    sparse_engines : int
+        Sparse engines behind ``sparse_out``/``sparse_in`` (``SEND``/``RECVS``); 0 (the
+        default) builds no ports, and those commands then stop the machine like unknown ops.
 
     The weight cache has ``config.weight_cache_bytes`` bytes (none when 0: ``LOADW`` then
     stops the machine like an unknown op).
@@ -113,21 +120,39 @@ class BackEnd(wiring.Component):
         Only when ``stream_channels > 0``: pixels for ``RECV``, one per beat, raster order,
         lane ``c`` = channel ``c`` (signed int8). Taken at one beat per ``stream_channels``
         cycles (the scratchpad is one byte wide).
+    sparse_out : ``Out(stream.Signature(activation_layout()))``
+        Only when ``sparse_engines > 0``: ``SEND``'s bytes (``data``), ``last`` on a vector's
+        final one, for the engine ``sparse_sel`` names. One beat a cycle while taken.
+    sparse_in : ``In(stream.Signature(signed(8)))``
+        Only when ``sparse_engines > 0``: the selected engine's results for ``RECVS``, taken
+        one a cycle.
+    sparse_sel : ``Out(8)``
+        Only when ``sparse_engines > 0``: the ``engine`` field of the last ``SEND`` or
+        ``RECVS`` (held until the next), which the top uses to route the two streams.
     cycles, fetch_cycles, ... : ``Out(counter_width)``
-        The counters of :data:`BACKEND_COUNTERS`.
+        The counters of :data:`BACKEND_COUNTERS`. ``SEND`` counts into ``copy_cycles``,
+        ``RECVS`` into ``recv_cycles`` (its wait for the engine included).
     """
 
     def __init__(self, config: BackendConfig, *, scratch_bytes: int = 4096, param_depth: int = 64,
-                 stream_channels: int = 0):
+                 stream_channels: int = 0, sparse_engines: int = 0):
         if not isinstance(stream_channels, int) or stream_channels < 0:
             raise ValueError(f"stream_channels must be a non-negative integer, not "
                              f"{stream_channels!r}")
+        if not isinstance(sparse_engines, int) or not 0 <= sparse_engines <= 256:
+            raise ValueError(f"sparse_engines must be an integer in 0..256, not "
+                             f"{sparse_engines!r}")
+        self.sparse_engines = sparse_engines
         self._config = config
         self.scratch_bytes = scratch_bytes
         self.param_depth = param_depth
         self.stream_channels = stream_channels
         feature_port = ({"feature_in": In(stream.Signature(pixel_layout(stream_channels)))}
                         if stream_channels else {})
+        if sparse_engines:
+            feature_port.update({"sparse_out": Out(stream.Signature(activation_layout())),
+                                 "sparse_in": In(stream.Signature(signed(8))),
+                                 "sparse_sel": Out(8)})
         cw = config.counter_width
         super().__init__({
             "start": In(1),
@@ -650,6 +675,15 @@ class BackEnd(wiring.Component):
                                          r_lane.eq(0), r_pixel_addr.eq(field(Op.RECV, "dst")),
                                          r_addr.eq(field(Op.RECV, "dst"))]
                             m.next = "RECV"
+                    if self.sparse_engines:
+                        with m.Case(Op.SEND):
+                            m.d.sync += [copy_i.eq(0), s_rd_addr.eq(field(Op.SEND, "src")),
+                                         self.sparse_sel.eq(field(Op.SEND, "engine"))]
+                            m.next = "SEND_FIRST"
+                        with m.Case(Op.RECVS):
+                            m.d.sync += [copy_i.eq(0),
+                                         self.sparse_sel.eq(field(Op.RECVS, "engine"))]
+                            m.next = "RECVS"
                     with m.Case(Op.END):
                         m.next = "END"
                     with m.Default():
@@ -1008,6 +1042,43 @@ class BackEnd(wiring.Component):
                     m.d.comb += r_active.eq(1)
                     with m.If(r_written == field(Op.RECV, "pixels")):
                         m.next = "FETCH"
+
+            # ---- SEND / RECVS ---------------------------------------------------------------
+            if self.sparse_engines:
+                with m.State("SEND_FIRST"):
+                    # the read port takes src this cycle; its byte is there in SEND_PUSH
+                    m.d.sync += count("copy_cycles")
+                    with m.If(field(Op.SEND, "length") == 0):
+                        m.next = "FETCH"
+                    with m.Else():
+                        m.d.sync += count("scratch_reads")
+                        m.next = "SEND_PUSH"
+                with m.State("SEND_PUSH"):
+                    # one byte a beat: while a beat is taken the read port already fetches the
+                    # next byte (address src + copy_i + 1), so the stream runs at one a cycle
+                    m.d.sync += count("copy_cycles")
+                    last = copy_i + 1 == field(Op.SEND, "length")
+                    m.d.comb += [self.sparse_out.valid.eq(1),
+                                 self.sparse_out.payload.data.eq(s_rd.data),
+                                 self.sparse_out.payload.last.eq(last)]
+                    with m.If(self.sparse_out.ready):
+                        m.d.comb += s_rd.addr.eq(s_rd_addr + 1)
+                        m.d.sync += [copy_i.eq(copy_i + 1), s_rd_addr.eq(s_rd_addr + 1)]
+                        with m.If(last):
+                            m.next = "FETCH"
+                        with m.Else():
+                            m.d.sync += count("scratch_reads")
+                with m.State("RECVS"):
+                    m.d.sync += count("recv_cycles")
+                    with m.If(copy_i == field(Op.RECVS, "length")):
+                        m.next = "FETCH"
+                    with m.Else():
+                        m.d.comb += self.sparse_in.ready.eq(1)
+                        with m.If(self.sparse_in.valid):
+                            m.d.comb += [s_wr.en.eq(1),
+                                         s_wr.addr.eq(field(Op.RECVS, "dst") + copy_i),
+                                         s_wr.data.eq(self.sparse_in.payload)]
+                            m.d.sync += [copy_i.eq(copy_i + 1), count("scratch_writes")]
 
             with m.State("END"):
                 m.d.sync += self.busy.eq(0)

@@ -4,7 +4,9 @@ It executes a :class:`~hoarfrost.gen.compiler.Program` command by command on a D
 and a scratchpad, reading every operand through the addresses and fields the commands carry,
 so it checks the compiler's tiling, addressing and parameter layout against the golden model
 before any RTL runs. Arithmetic is that of :mod:`hoarfrost.sim.arith`. The feature stream
-``RECV`` reads is given as the frozen front end's output tensor (see :func:`run_program`).
+``RECV`` reads is given as the frozen front end's output tensor (see :func:`run_program`); the
+sparse engines behind ``SEND``/``RECVS`` as functions from an input vector to the output
+vector (:func:`sparse_engine`, the compressed layer's golden model).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ class IsaMachine:
     executes commands."""
 
     def __init__(self, image: bytes, dram_bytes: int, scratch_bytes: int, rows: int, cols: int,
-                 features: np.ndarray | None = None, weight_cache_bytes: int = 0):
+                 features: np.ndarray | None = None, weight_cache_bytes: int = 0,
+                 engines=()):
         self.rows, self.cols = rows, cols          # the weight layout follows the array
         # The feature stream: beats (pixels in raster order) x lanes (channels).
         self.beats = None if features is None else _raster(features)
@@ -36,6 +39,8 @@ class IsaMachine:
         self.params: np.ndarray | None = None      # the parameter buffer's MATMUL records
         self.geom: dict[str, int] = {}
         self.counts = {op.name: 0 for op in Op}
+        self.engines = list(engines)
+        self.engine_out: dict[int, list[int]] = {}   # results an engine holds, not yet taken
 
     # -- memory helpers -----------------------------------------------------------------------
     def s8(self, mem: np.ndarray, addr: int, n: int) -> np.ndarray:
@@ -92,6 +97,22 @@ class IsaMachine:
         beats = self.beats[self.next_beat:self.next_beat + c.pixels]       # pixels x lanes
         self.next_beat += c.pixels
         self.put(c.dst, np.ascontiguousarray(beats.T))                    # lane-major: CHW
+
+    def _send(self, c):
+        if c.engine >= len(self.engines):
+            raise IsaError(f"SEND to sparse engine {c.engine}: the machine has "
+                           f"{len(self.engines)}")
+        x = self.s8(self.scratch, c.src, c.length).copy()
+        self.engine_out.setdefault(c.engine, []).extend(
+            np.asarray(self.engines[c.engine](x), dtype=np.int8).reshape(-1).tolist())
+
+    def _recvs(self, c):
+        waiting = self.engine_out.get(c.engine, [])
+        if len(waiting) < c.length:
+            raise IsaError(f"RECVS of {c.length} results from sparse engine {c.engine}: it "
+                           f"has {len(waiting)}")
+        self.put(c.dst, np.array(waiting[:c.length], dtype=np.int8))
+        del waiting[:c.length]
 
     def _geom(self, c):
         self.geom = dict(c.fields)
@@ -157,16 +178,24 @@ def _raster(features: np.ndarray) -> np.ndarray:
     return features.reshape(features.shape[0], -1).T
 
 
-def run_program(program, x_int8: np.ndarray, limits) -> np.ndarray:
+def sparse_engine(encoding, layer, q_in):
+    """A sparse engine for :class:`IsaMachine`: one input vector in, the compressed layer's
+    int8 outputs out (:func:`hoarfrost.sim.golden_sparse.sparse_dense_int`)."""
+    from hoarfrost.sim.golden_sparse import sparse_dense_int
+    return lambda x: sparse_dense_int(x[None], encoding, layer, q_in)[0]
+
+
+def run_program(program, x_int8: np.ndarray, limits, engines=()) -> np.ndarray:
     """Run a compiled program on one int8 input (per-sample shape); return the int8 output.
 
     ``limits`` is the :class:`~hoarfrost.gen.compiler.CompileLimits` it was compiled for. A
     program whose input arrives by ``RECV`` (``program.input_addr is None``) gets ``x_int8`` as
-    the feature stream instead: the ``(C, H, W)`` output of the frozen front end."""
+    the feature stream instead: the ``(C, H, W)`` output of the frozen front end. ``engines``
+    are the sparse engines ``SEND`` and ``RECVS`` address (:func:`sparse_engine`)."""
     streamed = program.input_addr is None
     machine = IsaMachine(program.image, program.dram_bytes, limits.scratch_bytes, limits.rows,
                          limits.cols, features=x_int8 if streamed else None,
-                         weight_cache_bytes=limits.weight_cache)
+                         weight_cache_bytes=limits.weight_cache, engines=engines)
     if not streamed:
         blob = np.ascontiguousarray(x_int8, dtype=np.int8).reshape(-1).view(np.uint8)
         machine.dram[program.input_addr:program.input_addr + blob.size] = blob

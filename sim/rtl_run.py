@@ -33,7 +33,17 @@ counter                events
 
 The frozen block's events per image (adders switched, registers written), counted from its
 structure by :func:`hoarfrost.gen.freeze.frame_events` when OUT was compiled (the manifest's
-``frozen.frame_events``), are added.
+``frozen.frame_events``), are added. Each sparse engine's counters are priced too: a useful
+multiply-accumulate (``macs``) one ``mul8`` and one ``add32``; an entry read (``entries``,
+padding included) one ``sram_read32`` per 32 bits of entry (4-bit relative index + codebook
+index); per output one ``sram_read32`` each for its bias, multiplier and shift and one
+``mul32`` for the requantization.
+
+With sparse engines the layers they run take the cycles of their ``SEND`` and ``RECVS``: the
+sequencer model predicts them for an engine that takes every beat and has its results ready;
+what the engine adds (beats held while a PE queue is full, the wait for the first result)
+depends on the data and is predicted per image by replaying the engine on the layer's input
+vector from the golden model (:func:`hoarfrost.sim.sparse_model.predict_sparse_vector`).
 
 Not priced: registers, control and the parameter buffers' reads (no counter for them).
 """
@@ -49,7 +59,7 @@ from pathlib import Path
 import numpy as np
 
 from hoarfrost.gen.errors import HoarfrostError
-from hoarfrost.hw.accelerator import FROZEN_COUNTERS
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, SPARSE_COUNTERS, sparse_counter_names
 
 __all__ = ["TESTBENCH", "SimulationFailed", "energy_events", "command_cycles", "layer_cycles",
            "predicted_layer_cycles", "dram_for", "run_images", "debug_program",
@@ -77,6 +87,42 @@ def energy_events(counters: dict, config) -> dict[str, float]:
         "dram_read32": counters["dram_read_bytes"] / 4,
         "dram_write32": counters["dram_write_bytes"] / 4,
     }
+
+
+def sparse_energy_events(counters: dict, manifest: dict) -> dict[str, float]:
+    """The sparse engines' energy events of one image (see the module docstring)."""
+    from hoarfrost.gen.sparse import REL_BITS
+    events = dict.fromkeys(("mul8", "add32", "sram_read32", "mul32"), 0.0)
+    for i, engine in enumerate((manifest.get("sparse") or {}).get("engines", [])):
+        index_bits = len(engine["codebook"]).bit_length() - 1
+        events["mul8"] += counters[f"sparse{i}_macs"]
+        events["add32"] += counters[f"sparse{i}_macs"]
+        events["sram_read32"] += (counters[f"sparse{i}_entries"] * (REL_BITS + index_bits) / 32
+                                  + 3 * engine["rows"])
+        events["mul32"] += engine["rows"]
+    return events
+
+
+def sparse_layer_extra(manifest: dict, graph, values: dict) -> dict[str, float]:
+    """Per sparse layer, the mean cycles per image its engine adds to ``SEND`` and ``RECVS``
+    beyond the sequencer model (:func:`hoarfrost.sim.sparse_model.predict_sparse_vector` on
+    each image's input vector to the layer, ``values`` from the golden model's ``keep_all``)."""
+    from hoarfrost.gen.sparse_partition import engine_layers
+    from hoarfrost.sim.sparse_model import column_slots, predict_sparse_vector
+    sparse = manifest.get("sparse")
+    if not sparse:
+        return {}
+    names = manifest["partition"]["sparse_engine"]
+    layers = {layer.name: layer for layer in graph.layers}
+    extra = {}
+    for name, (enc, _, q_in) in zip(names, engine_layers(graph, names, sparse["pes"])):
+        slots = column_slots(enc)
+        vectors = values[layers[name].inputs[0]].reshape(-1, enc.cols)
+        timings = [predict_sparse_vector(enc, v, q_in.zero_point, slots=slots,
+                                         fifo_depth=sparse.get("fifo_depth", 8))
+                   for v in vectors]
+        extra[name] = float(np.mean([t.send_stalls + t.recvs_wait for t in timings]))
+    return extra
 
 
 def command_cycles(starts: list[int], total: int) -> list[int]:
@@ -174,6 +220,7 @@ def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
             if manifest.get("frozen") is not None:
                 vectors[f"pixels_{i}"] = raster_pixels(x)
         vectors["pixel_idle_prob"] = pixel_idle_prob
+        vectors["sparse_engines"] = len(manifest["partition"].get("sparse_engine", []))
         np.savez(Path(tmp) / "vectors.npz", **vectors)
         results = Path(tmp) / "results.json"
         run = cocotb_run(verilog, manifest["toplevel"], TESTBENCH, seed=seed,
@@ -185,8 +232,9 @@ def run_images(verilog: str, manifest: dict, weights: bytes, firmware: bytes,
             raise SimulationFailed(f"the back end's RTL failed ({run.log}): "
                                    f"{(lines or ['no END'])[-1].strip()}")
         records = json.loads(results.read_text())
-    # The frozen block's counters run on across the images of a run: per image, the difference
-    for name in FROZEN_COUNTERS:
+    # The frozen block's and the sparse engines' counters run on across the images of a run:
+    # per image, the difference
+    for name in FROZEN_COUNTERS + sparse_counter_names(int(vectors["sparse_engines"])):
         totals = [r[name] for r in records if name in r]
         for r, before, now in zip(records, [0, *totals], totals):
             r[name] = now - before
@@ -295,7 +343,8 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
     manifest = read_manifest(out)
     graph = import_onnx(out / "model_q.onnx")
     x_int8 = quantize_input(graph, x)
-    golden = run_int(graph, x_int8)
+    values = run_int(graph, x_int8, keep_all=True)
+    golden = values[graph.output]
     verilog = (out / manifest.get("verilog", "backend.v")).read_text()
     weights, firmware = (out / "weights.bin").read_bytes(), (out / "firmware.bin").read_bytes()
 
@@ -334,6 +383,9 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
     from hoarfrost.gen.config import HardwareConfig
     backend = HardwareConfig.from_json(manifest["config"]).backend
     predicted = predicted_layer_cycles(manifest, firmware, backend)
+    extra = sparse_layer_extra(manifest, graph, values)
+    predicted = [{**row, "cycles": row["cycles"] + extra[row["name"]]} if row["name"] in extra
+                 else row for row in predicted]
     layers = [{**row, "cycles": float(np.mean([p[j]["cycles"] for p in per_layer])),
                "predicted_cycles": model["cycles"]}
               for j, (row, model) in enumerate(zip(per_layer[0], predicted))]
@@ -341,6 +393,11 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
               for k in energy_events(records[0], backend)}
     for name, n in (manifest.get("frozen") or {}).get("frame_events", {}).items():
         events[name] = events.get(name, 0.0) + n
+    sparse_names = manifest["partition"].get("sparse_engine", [])
+    if sparse_names:
+        for name in sparse_energy_events(records[0], manifest):
+            events[name] = events.get(name, 0.0) + float(np.mean(
+                [sparse_energy_events(r, manifest)[name] for r in records]))
     energy = energy_pj(events)
     clock = manifest["config"]["clock_mhz"]
     mean_cycles = float(np.mean(cycles))
@@ -361,6 +418,13 @@ def simulate(out: Path, x: np.ndarray, labels: np.ndarray | None, *, batch: int 
         "macs_issued": float(np.mean([r["macs_issued"] for r in records])),
         "predicted": rtl.reshape(len(rtl), -1).argmax(axis=1).tolist(),
         "recv_cycles": float(np.mean([r["recv_cycles"] for r in records])),
+        "sparse": None if not sparse_names else [
+            {"layer": name,
+             **{counter: float(np.mean([r[f"sparse{i}_{counter}"] for r in records]))
+                for counter in SPARSE_COUNTERS},
+             "beyond_model": next(row["cycles"] - row["predicted_cycles"] for row in layers
+                                  if row["name"] == name)}
+            for i, name in enumerate(sparse_names)],
         "frozen": None if manifest.get("frozen") is None else {
             "layers": [layer["name"] for layer in manifest["frozen"]["layers"]],
             "macs": manifest["frozen"]["macs"],
@@ -385,7 +449,10 @@ def _text(s: dict, manifest: dict) -> str:
     b = cfg["backend"]
     verdict = ("every output equals the golden model" if s["matches_golden"]
                else "OUTPUTS DIFFER from the golden model")
-    top = "the back end's" if s["frozen"] is None else "the accelerator's (frozen front end)"
+    parts = [p for p, on in (("frozen front end", s["frozen"] is not None),
+                             (f"{len(s['sparse'] or [])} sparse engine(s)", bool(s["sparse"])))
+             if on]
+    top = "the back end's" if not parts else f"the accelerator's ({', '.join(parts)})"
     lines = [f"{s['out']}: {s['images']} images through {top} RTL in Verilator "
              f"({b['rows']}x{b['cols']} array, config {cfg['name']}): {verdict}"]
     shown = s["cycles"] if len(s["cycles"]) <= 20 else s["cycles"][:10]
@@ -398,7 +465,7 @@ def _text(s: dict, manifest: dict) -> str:
     build = ("cached" if s["verilator_cache_hit"] else f"{s['build_seconds']:.0f} s")
     lines.append(f"simulation: {s['total_cycles']} cycles in {s['sim_seconds']:.1f} s = "
                  f"{speed:,.0f} simulated cycles/s (Verilator build {build})")
-    lines.append(f"cycle model: {s['predicted_cycles']} cycles per image, "
+    lines.append(f"cycle model: {s['predicted_cycles']:.0f} cycles per image, "
                  f"{_error(s['predicted_cycles'], s['mean_cycles'])} against the RTL"
                  + (f" (the model assumes a DRAM without stalls; this run stalled it with "
                     f"probability {s['dram_stall']:g})" if s["dram_stall"] else ""))
@@ -409,7 +476,7 @@ def _text(s: dict, manifest: dict) -> str:
         model = row["predicted_cycles"]
         lines.append(f"{row['name'][:28]:<28} {row['op']:<8} {row['commands']:>4} "
                      f"{row['cycles']:>10.0f} {100 * share:>5.1f}% "
-                     f"{model:>10} {_error(model, row['cycles']):>7}")
+                     f"{model:>10.0f} {_error(model, row['cycles']):>7}")
     e = s["energy_pj"]
     lines.append(f"energy per inference: {e['total'] / 1000:.2f} nJ ({s['energy_source']}): "
                  + ", ".join(f"{k} {v / 1000:.2f} nJ" for k, v in e.items() if k != "total"))
@@ -421,7 +488,13 @@ def _text(s: dict, manifest: dict) -> str:
         lines.append(f"frozen front end ({len(f['layers'])} layers, {f['macs']} MACs in logic): "
                      f"{f['out_pixels']:.0f} output pixels per image; its output waited "
                      f"{f['stall_cycles']:.0f} cycles per image for the back end, whose RECV "
-                     f"took {s['recv_cycles']:.0f}")
+                     f"took {s['layers'][0]['cycles']:.0f} (its fetch included)")
+    for e in s["sparse"] or []:
+        lines.append(f"sparse engine ({e['layer']}): {e['macs']:.0f} MACs, {e['skipped']:.0f} zero "
+                     f"activations skipped, {e['busy_cycles']:.0f} busy cycles per image, "
+                     f"{e['stall_cycles']:.0f} cycles its full PE queues held a beat; the layer "
+                     f"took {e['beyond_model']:+.0f} cycles against the model (which replays the "
+                     f"engine on each image's vector)")
     if "accuracy" in s:
         lines.append(f"accuracy {100 * s['accuracy']:.2f}% ({s['correct']}/{s['images']})")
     return "\n".join(lines)

@@ -37,6 +37,13 @@ ADD       ``ADD_SETUP`` 3 products: 5; per element ``ADD_A``, ``ADD_B``, ``ADD_T
 RECV      ``stream_channels`` cycles per pixel (one byte-wide scratchpad write port), one to
           take the first beat, one to see the last written: ``lanes * pixels + 2``, when the
           stream offers every beat in time (a lower bound behind a slower frozen front end)
+SEND      ``SEND_FIRST`` 1 (the first byte's read), then one beat a cycle (the next byte is
+          read while a beat is taken): ``length + 1`` while the sparse engine takes every
+          beat; each cycle its front end holds a beat (a PE queue full) adds one
+RECVS     one result a cycle and one to see the count: ``length + 1`` when the results are
+          ready, plus the cycles the engine makes it wait
+          (both engine terms depend on the data: :mod:`hoarfrost.sim.sparse_model` replays
+          the engine on the vector and gives them; this module leaves them out)
 ========  ======================================================================================
 
 MATMUL. ``MM_DIVIDE`` ``m0 // out_w + 1`` (repeated subtraction), ``MM_SETUP`` 5 products:
@@ -291,6 +298,8 @@ def predict_command_cycles(command: Command, geom: Command | None, config: Backe
         return cycles + 1
     if op == Op.RECV:
         return cycles + stream_channels * command.pixels + 2
+    if op in (Op.SEND, Op.RECVS):
+        return cycles + command.length + 1
     if op == Op.ADD:
         return cycles + products_cycles(3) + (4 * command.length + 2 + REQUANT_DRAIN
                                               if command.length else 1)

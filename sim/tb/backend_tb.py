@@ -15,7 +15,9 @@ and ``pixel_idle_prob``. One driver streams every image's pixels into ``pixels``
 start, with random gaps; the frozen block and the firmware's ``RECV`` give the backpressure,
 and the frozen block works on the next image while the back end finishes one. Each record
 then also has the frozen block's counters (:data:`~hoarfrost.hw.accelerator.FROZEN_COUNTERS`,
-running totals since reset).
+running totals since reset). With ``sparse_engines`` (a count) in the vectors, the records also
+have the sparse engines' counters (:func:`~hoarfrost.hw.accelerator.sparse_counter_names`,
+running totals likewise).
 """
 
 import json
@@ -28,7 +30,7 @@ from cocotb.clock import Clock
 from cocotb.simtime import get_sim_time
 from cocotb.triggers import ClockCycles, First, ReadOnly, RisingEdge, Timer, ValueChange
 
-from hoarfrost.hw.accelerator import FROZEN_COUNTERS
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, sparse_counter_names
 from hoarfrost.hw.backend import BACKEND_COUNTERS
 from hoarfrost.sim.streams import StreamDriver
 from hoarfrost.sim.tb.frozen_tb import pack_pixel
@@ -140,7 +142,8 @@ async def firmware_runs_bit_exact(dut):
         out = np.frombuffer(bytes(dram.memory[out_addr:out_addr + out_len]), dtype=np.int8)
         if f"expected_{run}" in v:
             assert out.tolist() == v[f"expected_{run}"].tolist(), f"run {run}: output differs"
-        names = BACKEND_COUNTERS + (FROZEN_COUNTERS if frozen else ())
+        names = (BACKEND_COUNTERS + (FROZEN_COUNTERS if frozen else ())
+                 + sparse_counter_names(int(v.get("sparse_engines", 0))))
         record = {name: getattr(dut, name).value.to_unsigned() for name in names}
         record["command_starts"] = starts
         record["output"] = out.tolist()
