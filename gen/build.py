@@ -1,7 +1,7 @@
 """``hoarfrost build OUT --board B``: the bitstream for a board, with the YoWASP toolchain.
 
 The design is :class:`hoarfrost.hw.board.BoardTop` (host link, control registers, the compiled
-accelerator with its frozen front end if OUT has one, its memory) elaborated against the board's amaranth-boards platform; Amaranth's
+accelerator with the frozen front end and sparse engines OUT has, its memory) elaborated against the board's amaranth-boards platform; Amaranth's
 own build flow runs yosys, nextpnr and the packer, each selected through Amaranth's per-tool
 environment variable as the YoWASP (WebAssembly, from PyPI) build of the tool. nextpnr's
 ``--report`` gives utilization and the Fmax reached against the board clock, which land in
@@ -76,20 +76,21 @@ def _check_board(manifest: dict, board: str) -> None:
         raise HoarfrostError(f"OUT was compiled {what} with configuration "
                              f"{manifest['config']['name']!r}; compile it again with "
                              f"--config {board} to build for the {board}")
-    if manifest["partition"].get("sparse_engine"):
-        raise HoarfrostError("the board top does not carry sparse engines yet (only `sim` "
-                             "runs them); compile without --sparse to build")
 
 
-def frozen_specs(out: Path, manifest: dict) -> tuple:
-    """The frozen layers' specs of OUT (none without ``--freeze``), rebuilt from its quantized
-    model as ``compile`` made them."""
-    if "frozen" not in manifest:
-        return ()
+def accelerator_parts(out: Path, manifest: dict) -> tuple[tuple, tuple]:
+    """``(frozen specs, sparse engine layers)`` of OUT (empty without ``--freeze`` or
+    ``--sparse``), rebuilt from its quantized model as ``compile`` made them."""
+    names = manifest["partition"].get("sparse_engine", [])
+    if "frozen" not in manifest and not names:
+        return (), ()
     from hoarfrost.gen.onnx_import import import_onnx
     from hoarfrost.gen.outdir import frozen_partition
+    from hoarfrost.gen.sparse_partition import engine_layers
     graph = import_onnx(out / "model_q.onnx")
-    return tuple(frozen_partition(graph, manifest["frozen"]["convolutions"])[1])
+    specs = (frozen_partition(graph, manifest["frozen"]["convolutions"])[1]
+             if "frozen" in manifest else ())
+    return tuple(specs), tuple(engine_layers(graph, names, manifest["config"]["sparse_pes"]))
 
 
 def _why(build_dir: Path, exc: Exception) -> str:
@@ -143,8 +144,9 @@ def run(args) -> int:
           flush=True)
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix=f".{args.board}-", dir=final.parent) as tmp:
-        top = BoardTop(config, clk_freq=clk_hz, family=family,
-                       frozen_specs=frozen_specs(out, manifest))
+        specs, engines = accelerator_parts(out, manifest)
+        top = BoardTop(config, clk_freq=clk_hz, family=family, frozen_specs=specs,
+                       sparse_layers=engines)
         try:
             # router2: router1 stalls for many minutes on the congestion around the ECP5's
             # multipliers (see gen/synth.py); timing is judged from the report, not by failing.

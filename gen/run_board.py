@@ -81,8 +81,9 @@ def run(args) -> int:
     dram = manifest["dram"]
 
     transport = SerialTransport(args.port, args.baud)
+    engines = len(manifest["partition"].get("sparse_engine", []))
     dev = Device(transport, timeout=args.timeout,
-                 counter_names=board_counters(frozen="frozen" in manifest))
+                 counter_names=board_counters("frozen" in manifest, engines))
     images = []
     try:
         dev.load((out / "weights.bin").read_bytes(), (out / "firmware.bin").read_bytes(),

@@ -33,7 +33,7 @@ from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator
+from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator, sparse_counter_names
 from hoarfrost.hw.axi_share import AxiShare, HostBusAxi
 from hoarfrost.hw.axi_sram import SPRAM_BYTES, AxiSram
 from hoarfrost.hw.backend import BACKEND_COUNTERS
@@ -48,10 +48,12 @@ BOARD_COUNTERS = (*BACKEND_COUNTERS, "link_frames", "link_crc_errors", "link_tim
                   "uart_errors")
 
 
-def board_counters(frozen: bool) -> tuple[str, ...]:
-    """The CSR counters of a board top with (``frozen``) or without a frozen front end: the
-    frozen block's come last."""
-    return (*BOARD_COUNTERS, *FROZEN_COUNTERS) if frozen else BOARD_COUNTERS
+def board_counters(frozen: bool, sparse_engines: int = 0) -> tuple[str, ...]:
+    """The CSR counters of a board top with (``frozen``) or without a frozen front end and with
+    ``sparse_engines`` sparse engines: the back end's and the link's, then the frozen block's,
+    then the engines'."""
+    return (*BOARD_COUNTERS, *(FROZEN_COUNTERS if frozen else ()),
+            *sparse_counter_names(sparse_engines))
 
 
 class PixelPacker(wiring.Component):
@@ -112,6 +114,9 @@ class BoardTop(wiring.Component):
     frozen_specs : sequence of frozen layer specs, optional
         The frozen front end (as :class:`~hoarfrost.hw.accelerator.Accelerator`); its input
         comes from the link's ``STREAM`` requests.
+    sparse_layers : sequence of (SparseEncoding, Dense, QParams), optional
+        The sparse engines behind the back end (as :class:`~hoarfrost.hw.accelerator.
+        Accelerator`).
 
     Members
     -------
@@ -122,10 +127,10 @@ class BoardTop(wiring.Component):
     """
 
     def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200,
-                 frozen_specs: Sequence = ()):
+                 frozen_specs: Sequence = (), sparse_layers: Sequence = ()):
         self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
-        self.frozen_specs = tuple(frozen_specs)
-        self.counter_names = board_counters(bool(self.frozen_specs))
+        self.frozen_specs, self.sparse_layers = tuple(frozen_specs), tuple(sparse_layers)
+        self.counter_names = board_counters(bool(self.frozen_specs), len(self.sparse_layers))
         self.memory_bytes = memory_bytes(family)
         super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1)})
 
@@ -138,7 +143,8 @@ class BoardTop(wiring.Component):
         m.submodules.csr = csr = ControlRegisters(counters=len(self.counter_names))
         m.submodules.accel = accel = Accelerator(cfg.backend, frozen,
                                                  scratch_bytes=cfg.scratch_bytes,
-                                                 param_depth=cfg.param_depth)
+                                                 param_depth=cfg.param_depth,
+                                                 sparse_layers=self.sparse_layers)
         if frozen:
             m.submodules.packer = packer = PixelPacker(frozen[0].in_channels)
             wiring.connect(m, link.stream_out, packer.i_stream)
@@ -159,7 +165,9 @@ class BoardTop(wiring.Component):
                      csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
         values = [*(getattr(accel, name) for name in BACKEND_COUNTERS), link.frames,
                   link.crc_errors, link.timeouts, link.uart_errors,
-                  *(getattr(accel, name) for name in FROZEN_COUNTERS if frozen)]
+                  *(getattr(accel, name) for name in FROZEN_COUNTERS if frozen),
+                  *(getattr(accel, name)
+                    for name in sparse_counter_names(len(self.sparse_layers)))]
         m.d.comb += [csr.counters[i].eq(v) for i, v in enumerate(values)]
 
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.running.eq(accel.busy)]

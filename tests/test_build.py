@@ -71,23 +71,26 @@ def test_a_design_too_large_is_named(tmp_path):
 
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
-def test_a_frozen_out_builds_the_board_top_with_the_frozen_specs_it_was_compiled_with(
+def test_the_board_top_gets_the_frozen_layers_and_sparse_engines_out_was_compiled_with(
         examples, tmp_path):
-    # compile wrote the frozen block's Verilog from these specs; build must rebuild the same
+    # compile wrote the accelerator's Verilog from these; build must rebuild the same
     out = tmp_path / "frozen"
     assert main(["compile", str(examples / "digits_cnn.onnx"), "--calib",
                  str(examples / "digits_calib.npy"), "--config", "ulx3s-85f", "--freeze", "1",
-                 "-o", str(out)]) == 0
+                 "--sparse", "1", "-o", str(out)]) == 0
     from hoarfrost.gen.outdir import read_manifest
     from hoarfrost.hw.board import BoardTop, board_counters
     manifest = read_manifest(out)
-    specs = build.frozen_specs(out, manifest)
-    assert len(specs) == 1
+    specs, engines = build.accelerator_parts(out, manifest)
+    assert len(specs) == 1 and [layer.name for _, layer, _ in engines] == ["/fc/Gemm"]
     assert (specs[0].in_channels, specs[0].out_channels) == (
         manifest["frozen"]["input_channels"], manifest["frozen"]["output_channels"])
     assert specs[-1].out_height * specs[-1].out_width == manifest["frozen"]["output_pixels"]
-    assert build.frozen_specs(out.parent, {"config": {}}) == ()
-    top = BoardTop(None, clk_freq=25_000_000, family="ecp5", frozen_specs=specs)
-    assert top.counter_names == board_counters(frozen=True)
-    assert top.counter_names[-3:] == ("frozen_cycles", "frozen_stall_cycles",
-                                      "frozen_out_pixels")
+    assert build.accelerator_parts(out.parent, {"partition": {}}) == ((), ())
+    top = BoardTop(None, clk_freq=25_000_000, family="ecp5", frozen_specs=specs,
+                   sparse_layers=engines)
+    assert top.counter_names == board_counters(True, 1)
+    assert top.counter_names[-9:] == ("frozen_cycles", "frozen_stall_cycles",
+                                      "frozen_out_pixels", "sparse0_cycles",
+                                      "sparse0_busy_cycles", "sparse0_skipped", "sparse0_macs",
+                                      "sparse0_entries", "sparse0_stall_cycles")

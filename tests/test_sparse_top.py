@@ -264,14 +264,6 @@ def test_compile_sparse_writes_the_partition_and_the_compressed_model(capsys, ex
         assert np.array_equal(run_program(program, x[i], limits, engines), golden[i])
 
 
-def test_build_refuses_sparse_engines_the_board_top_lacks():
-    from hoarfrost.gen.build import _check_board
-    manifest = {"config": {"board": "ulx3s-85f", "name": "ulx3s-85f"},
-                "partition": {"frontend_frozen": [], "sparse_engine": ["/fc/Gemm"]}}
-    with pytest.raises(HoarfrostError, match="compile without --sparse"):
-        _check_board(manifest, "ulx3s-85f")
-
-
 def test_all_three_stages_from_the_configuration(capsys, examples, tmp_path):
     """``freeze = 1`` in the configuration (no --freeze) and --sparse 1: conv1 frozen in front
     of the back end, the back end's firmware RECVs its output, runs conv2 and the pooling, and

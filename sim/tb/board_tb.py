@@ -10,7 +10,8 @@ counters back.
 Vectors (``$HOARFROST_VECTORS``): ``weights``, ``firmware``, ``images`` (int8, one row per
 image), ``input_addr``, ``output_addr``, ``output_len``, ``firmware_addr``. An ``input_addr``
 of -1 means a frozen front end: each image (then in pixel order, ``(H*W, C)`` flattened) is sent
-with ``STREAM`` after the start instead of being written to memory. Results
+with ``STREAM`` after the start instead of being written to memory. ``sparse_engines``
+(optional): the sparse engines of the top, whose counters follow. Results
 (``$HOARFROST_RESULTS``): per image the output bytes, the counters and the cycles from writing
 the input to reading the counters as the host saw them.
 """
@@ -45,9 +46,9 @@ class BoardCosimTop(wiring.Component):
         The accelerator is busy.
     """
 
-    def __init__(self, config, frozen_specs=()):
+    def __init__(self, config, frozen_specs=(), sparse_layers=()):
         self.board = BoardTop(config, clk_freq=CLK_FREQ, family="ecp5", baud=BAUD,
-                              frozen_specs=frozen_specs)
+                              frozen_specs=frozen_specs, sparse_layers=sparse_layers)
         super().__init__({"to_device": In(stream.Signature(8)),
                           "from_device": Out(stream.Signature(8)), "running": Out(1)})
 
@@ -71,7 +72,7 @@ async def driver_runs_the_model_on_the_board_top(dut):
                                 clk_freq=CLK_FREQ)
     streamed = int(v["input_addr"]) < 0
     dev = AsyncDevice(transport, timeout=0.004,
-                      counter_names=board_counters(frozen=streamed))
+                      counter_names=board_counters(streamed, int(v.get("sparse_engines", 0))))
     await dev.load(v["weights"].tobytes(), v["firmware"].tobytes(), int(v["firmware_addr"]))
     runs = []
     for image in v["images"]:
