@@ -301,10 +301,6 @@ class AxiSdram(wiring.Component):
         # -- refresh requests --
         refresh_timer = Signal(range(t.refresh_period))
         refresh_due = Signal()
-        with m.If(refresh_timer == 0):
-            m.d.sync += [refresh_timer.eq(t.refresh_period - 1), refresh_due.eq(1)]
-        with m.Else():
-            m.d.sync += refresh_timer.eq(refresh_timer - 1)
 
         # -- the burst --
         word = Signal(range(g.words))          # next column's word address
@@ -354,14 +350,29 @@ class AxiSdram(wiring.Component):
         with m.Elif(push & ~(issue_read & (sub == 0))):
             m.d.sync += pending.eq(pending - 1)
 
-        r_from_buffer = Signal()
+        # R, W's handshakes in an out-of-range burst, and B are served whatever the FSM does
+        # (it may be refreshing): AXI forbids withdrawing a VALID before its handshake.
+        b_pending = Signal()                   # the write burst's response waits for B
+        reading = in_burst & ~is_write & (beats_left != 0)
         m.d.comb += [axi.r.id.eq(burst_id), axi.b.id.eq(burst_id),
-                     axi.r.last.eq(beats_left == 1)]
-        with m.If(r_from_buffer):
+                     axi.r.last.eq(beats_left == 1),
+                     axi.b.valid.eq(b_pending),
+                     axi.b.resp.eq(Mux(error, AxiResp.DECERR, AxiResp.OKAY))]
+        with m.If(reading & error):
+            m.d.comb += [axi.r.valid.eq(1), axi.r.resp.eq(AxiResp.DECERR)]
+        with m.Elif(reading):
             m.d.comb += [axi.r.valid.eq(rbuf.r_rdy), axi.r.data.eq(rbuf.r_data),
                          axi.r.resp.eq(AxiResp.OKAY), rbuf.r_en.eq(axi.r.ready)]
+        with m.If(in_burst & is_write & error & (beats_left != 0)):
+            m.d.comb += axi.w.ready.eq(1)     # out of range: taken, not written
         with m.If(axi.r.valid & axi.r.ready):
             m.d.sync += [beats_left.eq(beats_left - 1), self.read_beats.eq(self.read_beats + 1)]
+        with m.If(axi.w.valid & axi.w.ready):
+            m.d.sync += [beats_left.eq(beats_left - 1), self.write_beats.eq(self.write_beats + 1)]
+            with m.If(axi.w.last):
+                m.d.sync += b_pending.eq(1)
+        with m.If(axi.b.valid & axi.b.ready):
+            m.d.sync += b_pending.eq(0)
 
         with m.If(in_burst):
             m.d.sync += self.busy_cycles.eq(self.busy_cycles + 1)
@@ -412,14 +423,16 @@ class AxiSdram(wiring.Component):
                     m.d.comb += cmd.eq(SdramCommand.REFRESH)
                     m.d.sync += [cmd_timer.eq(t.rfc - 1), refresh_due.eq(0),
                                  self.refreshes.eq(self.refreshes + 1)]
-                    with m.If(in_burst):
+                    with m.If(in_burst & (to_issue != 0) & ~error):
                         m.next = "ACTIVE"
+                    with m.Elif(in_burst):
+                        m.next = "DRAIN"
                     with m.Else():
                         m.next = "IDLE"
 
             with m.State("ACTIVE"):
                 with m.If(error):
-                    m.next = "ERROR"
+                    m.next = "DRAIN"
                 with m.Elif(refresh_due):
                     m.next = "REFRESH"
                 with m.Elif((cmd_timer == 0) & (rc_timer == 0)):
@@ -443,9 +456,6 @@ class AxiSdram(wiring.Component):
                                          cmd_dqm.eq(~axi.w.strb.word_select(sub, lanes)),
                                          axi.w.ready.eq(sub == self.ratio - 1)]
                             m.d.sync += [*column_done(), wr_timer.eq(t.wr - 1)]
-                            with m.If(sub == self.ratio - 1):
-                                m.d.sync += [beats_left.eq(beats_left - 1),
-                                             self.write_beats.eq(self.write_beats + 1)]
                             with m.If(last_col):
                                 m.next = "PRECHARGE"
                     with m.Elif((sub != 0) | room):
@@ -463,37 +473,20 @@ class AxiSdram(wiring.Component):
                         m.next = "REFRESH"
                     with m.Elif(to_issue != 0):
                         m.next = "ACTIVE"
-                    with m.Elif(is_write):
-                        m.next = "RESPOND"
                     with m.Else():
                         m.next = "DRAIN"
 
             with m.State("DRAIN"):
-                # every column is issued: wait for R to take the last beats
-                with m.If(beats_left == 0):
+                # Every column is issued (or the burst is out of range): wait for R to take
+                # the last beats or for B, refreshing meanwhile if the manager is slow.
+                with m.If((beats_left == 0) & ~b_pending):
                     m.d.sync += in_burst.eq(0)
                     m.next = "IDLE"
-
-            with m.State("ERROR"):
-                # out of range: the chip is not touched
-                with m.If(is_write):
-                    m.d.comb += axi.w.ready.eq(1)
-                    with m.If(axi.w.valid & axi.w.last):
-                        m.next = "RESPOND"
-                with m.Else():
-                    m.d.comb += [axi.r.valid.eq(1), axi.r.resp.eq(AxiResp.DECERR)]
-                    with m.If(axi.r.ready & axi.r.last):
-                        m.d.sync += in_burst.eq(0)
-                        m.next = "IDLE"
-
-            with m.State("RESPOND"):
-                m.d.comb += [axi.b.valid.eq(1),
-                             axi.b.resp.eq(Mux(error, AxiResp.DECERR, AxiResp.OKAY))]
-                with m.If(axi.b.ready):
-                    m.d.sync += in_burst.eq(0)
-                    m.next = "IDLE"
-
-        # R flows from the buffer during the whole read burst, not only once it is issued.
-        with m.If(in_burst & ~is_write & ~error):
-            m.d.comb += r_from_buffer.eq(1)
+                with m.Elif(refresh_due):
+                    m.next = "REFRESH"
+        # After the FSM, so a new request wins over the FSM clearing the one it serves.
+        with m.If(refresh_timer == 0):
+            m.d.sync += [refresh_timer.eq(t.refresh_period - 1), refresh_due.eq(1)]
+        with m.Else():
+            m.d.sync += refresh_timer.eq(refresh_timer - 1)
         return m
