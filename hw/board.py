@@ -40,8 +40,14 @@ from hoarfrost.hw.backend import BACKEND_COUNTERS
 from hoarfrost.hw.dram_bridge import AxiDramBridge, connect_dram
 from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
 from hoarfrost.hw.line_buffer import pixel_layout
+from hoarfrost.hw.sdram import (ULX3S_32MB, AxiSdram, SdramPinsSignature, SdramTiming,
+                                connect_platform_sdram)
 
-__all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes"]
+__all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes",
+           "MEMORIES"]
+
+#: The accelerator's memory: on-chip (SPRAM or block RAM) or the ULX3S's SDRAM.
+MEMORIES = ("onchip", "sdram")
 
 #: The counters the host reads from the CSRs, in register order (``Csr.COUNTER_BASE + i``).
 BOARD_COUNTERS = (*BACKEND_COUNTERS, "link_frames", "link_crc_errors", "link_timeouts",
@@ -112,6 +118,9 @@ class BoardTop(wiring.Component):
     frozen_specs : sequence of frozen layer specs, optional
         The frozen front end (as :class:`~hoarfrost.hw.accelerator.Accelerator`); its input
         comes from the link's ``STREAM`` requests.
+    memory : str
+        ``"onchip"`` (:class:`~hoarfrost.hw.axi_sram.AxiSram`) or ``"sdram"`` (ECP5 only: the
+        ULX3S's 32 MB SDRAM through :class:`~hoarfrost.hw.sdram.AxiSdram`, same AXI port).
 
     Members
     -------
@@ -119,15 +128,24 @@ class BoardTop(wiring.Component):
         The UART's lines (from and to the host); on a board, the platform's ``uart`` pins.
     running : ``Out(1)``
         The accelerator is busy; on a board, ``led 0``.
+    sdram : ``Out(SdramPinsSignature(ULX3S_32MB))``
+        With ``memory="sdram"`` only: the chip's pins (on a board, the ``sdram`` resource's;
+        in simulation, for :class:`hoarfrost.sim.sdram_model.SdramChip`).
     """
 
     def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200,
-                 frozen_specs: Sequence = ()):
+                 frozen_specs: Sequence = (), memory: str = "onchip"):
+        if memory not in MEMORIES or (memory == "sdram" and family != "ecp5"):
+            raise ValueError(f"memory must be one of {MEMORIES} (sdram on the ecp5 only), not "
+                             f"{memory!r} on the {family}")
         self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
         self.frozen_specs = tuple(frozen_specs)
         self.counter_names = board_counters(bool(self.frozen_specs))
-        self.memory_bytes = memory_bytes(family)
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1)})
+        self.memory = memory
+        self.memory_bytes = ULX3S_32MB.size if memory == "sdram" else memory_bytes(family)
+        pins = {"sdram": Out(SdramPinsSignature(ULX3S_32MB))} if memory == "sdram" else {}
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1),
+                          **pins})
 
     def elaborate(self, platform):
         m = Module()
@@ -146,8 +164,16 @@ class BoardTop(wiring.Component):
         m.submodules.bridge = bridge = AxiDramBridge(data_width=DATA_WIDTH)
         m.submodules.host_axi = host_axi = HostBusAxi(data_width=DATA_WIDTH)
         m.submodules.share = share = AxiShare(data_width=DATA_WIDTH)
-        m.submodules.memory = memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH,
-                                               spram=self.family == "ice40")
+        if self.memory == "sdram":
+            memory = AxiSdram(ULX3S_32MB, SdramTiming(clk_freq=self.clk_freq),
+                              data_width=DATA_WIDTH)
+            for path, member, value in memory.sdram.signature.flatten(memory.sdram):
+                ours = getattr(self.sdram, path[0])
+                m.d.comb += ours.eq(value) if member.flow == Out else value.eq(ours)
+        else:
+            memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH,
+                             spram=self.family == "ice40")
+        m.submodules.memory = memory
 
         wiring.connect(m, link.mem, host_axi.bus)
         wiring.connect(m, link.csr, csr.csr)
@@ -167,4 +193,6 @@ class BoardTop(wiring.Component):
             uart = platform.request("uart", 0)
             m.d.comb += [self.rx.eq(uart.rx.i), uart.tx.o.eq(self.tx)]
             m.d.comb += platform.request("led", 0).o.eq(self.running)
+            if self.memory == "sdram":
+                connect_platform_sdram(m, platform, self.sdram)
         return m

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from amaranth import Cat, Const, Module, Mux, Signal
+from amaranth import Cat, ClockSignal, Const, Module, Mux, Signal
 from amaranth.lib import enum, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
@@ -61,7 +61,7 @@ from amaranth.lib.wiring import In, Out
 from hoarfrost.hw.axi import AxiBurst, AxiResp, AxiSignature
 
 __all__ = ["SdramGeometry", "SdramTiming", "SdramPinsSignature", "SdramCommand", "AxiSdram",
-           "ULX3S_32MB", "ULX3S_64MB", "mode_register"]
+           "ULX3S_32MB", "ULX3S_64MB", "mode_register", "connect_platform_sdram"]
 
 
 @dataclass(frozen=True)
@@ -490,3 +490,17 @@ class AxiSdram(wiring.Component):
         with m.Else():
             m.d.sync += refresh_timer.eq(refresh_timer - 1)
         return m
+
+
+def connect_platform_sdram(m: Module, platform, pins, number: int = 0) -> None:
+    """Wire a controller's ``sdram`` port ``pins`` to the platform's ``sdram`` resource
+    (amaranth-boards' ``SDRAMResource``, which inverts the active-low command pins itself).
+    The chip's clock is the controller's clock inverted, from a DDR output: low in the first
+    half of each cycle, high in the second, so the chip's rising edge is the controller's
+    falling edge."""
+    res = platform.request("sdram", number, xdr={"clk": 2})
+    m.d.comb += [res.clk.o_clk.eq(ClockSignal()), res.clk.o0.eq(0), res.clk.o1.eq(1),
+                 res.clk_en.o.eq(pins.clk_en), res.cs.o.eq(pins.cs), res.ras.o.eq(pins.ras),
+                 res.cas.o.eq(pins.cas), res.we.o.eq(pins.we), res.ba.o.eq(pins.ba),
+                 res.a.o.eq(pins.a), res.dqm.o.eq(pins.dqm), res.dq.o.eq(pins.dq_o),
+                 res.dq.oe.eq(pins.dq_oe), pins.dq_i.eq(res.dq.i)]

@@ -91,3 +91,9 @@ def test_a_frozen_out_builds_the_board_top_with_the_frozen_specs_it_was_compiled
     assert top.counter_names == board_counters(frozen=True)
     assert top.counter_names[-3:] == ("frozen_cycles", "frozen_stall_cycles",
                                       "frozen_out_pixels")
+
+
+def test_sdram_is_refused_on_a_board_without_one(capsys, tmp_path):
+    assert main(["build", str(tmp_path), "--board", "icebreaker", "--memory", "sdram"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "hoarfrost: error: the icebreaker has no SDRAM; build with --memory onchip")

@@ -307,3 +307,22 @@ def test_model_checks_the_power_up_order():
         command(chip, SdramCommand.MODE, a=0x20)
     with pytest.raises(SdramViolation, match="ACTIVE out of the power-up order"):
         command(SdramChip(ULX3S_32MB, QUICK), SdramCommand.ACTIVE)
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_the_ulx3s_board_top_serves_its_memory_from_the_sdram():
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    from hoarfrost.gen.config import PRESETS
+    from hoarfrost.hw.board import BoardTop
+
+    with pytest.raises(ValueError, match="sdram on the ecp5 only"):
+        BoardTop(PRESETS["icebreaker"], clk_freq=12_000_000, family="ice40", memory="sdram")
+    top = BoardTop(PRESETS["ulx3s-85f"], clk_freq=25_000_000, family="ecp5", memory="sdram")
+    assert top.memory_bytes == 32 << 20 and "sdram" in top.signature.members
+    plan = ULX3S_85F_Platform().prepare(top, name="top")
+    lpf = plan.files["top.lpf"]
+    # the chip's clock pin F19 is driven by a DDR output (the inverted clock); DQ0 is J16
+    assert 'LOCATE COMP "sdram_0__clk__io" SITE "F19";' in lpf
+    assert 'LOCATE COMP "sdram_0__dq__io[0]" SITE "J16";' in lpf
+    assert "ODDRX1F" in plan.files["top.il"]
