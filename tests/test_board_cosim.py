@@ -3,8 +3,9 @@
 The same :class:`~hoarfrost.firmware.host.AsyncDevice` code a board's serial port runs writes
 the weights, the firmware and each image through the framed UART protocol into the on-chip
 memory, starts the accelerator through the control registers, waits for done and reads back the
-output and the counters. Two Verilator builds: the default configuration's back end, and the
-same with the CNN's first convolution frozen in front of it, its pixels sent by ``STREAM``.
+output and the counters. Three Verilator builds: the default configuration's back end, and the
+same with the CNN's first convolution frozen in front of it, its pixels sent by ``STREAM``;
+and the first with its memory in the ULX3S's SDRAM (AxiSdram) on the checking chip model.
 """
 
 import json
@@ -32,12 +33,15 @@ pytestmark = pytest.mark.cosim
 CONFIG = PRESETS["default"]
 
 
-@pytest.mark.parametrize("freeze", [0, 1])
-def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(freeze, examples, tmp_path):
+@pytest.mark.parametrize("freeze, memory", [(0, "onchip"), (1, "onchip"), (0, "sdram")])
+def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(freeze, memory, examples,
+                                                            tmp_path):
     calib = np.load(examples / "digits_calib.npy")
     qgraph = quantize(import_onnx(examples / "digits_cnn.onnx"), calib, 8)
     limits = CompileLimits.for_backend(CONFIG.backend, CONFIG.scratch_bytes, CONFIG.param_depth)
-    x = quantize_input(qgraph, np.load(examples / "digits_test_x.npy")[:2])
+    # one image on the SDRAM: its chip model steps in Python every cycle, slowing the run 2x
+    x = quantize_input(qgraph, np.load(examples / "digits_test_x.npy")[:1 if memory == "sdram"
+                                                                         else 2])
     golden = run_int(qgraph, x).reshape(len(x), -1)
     if freeze:
         frozen, specs, _, back = frozen_partition(qgraph, freeze)
@@ -53,14 +57,18 @@ def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(freeze, examples, tm
              firmware=np.frombuffer(encode(program.commands), dtype=np.uint8),
              images=images, input_addr=-1 if freeze else program.input_addr,
              output_addr=program.output_addr, output_len=out_len, firmware_addr=firmware_addr)
-    design = convert(BoardCosimTop(CONFIG, specs), name="board")
+    design = convert(BoardCosimTop(CONFIG, specs, memory=memory), name="board")
     result = cocotb_run(design, "board", "hoarfrost.sim.tb.board_tb",
                         env={"HOARFROST_VECTORS": str(tmp_path / "vectors.npz"),
-                             "HOARFROST_RESULTS": str(tmp_path / "results.json")})
+                             "HOARFROST_RESULTS": str(tmp_path / "results.json"),
+                             "HOARFROST_BOARD_MEMORY": memory})
     assert result.tests == 1 and result.failed == 0, result.log_tail()
     record = json.loads((tmp_path / "results.json").read_text())[
         "driver_runs_the_model_on_the_board_top"]
     assert record["resends"] == 0
+    if memory == "sdram":      # the chip model saw the traffic and raised on nothing
+        assert record["sdram_commands"]["MODE"] == 1
+        assert record["sdram_commands"]["READ"] > 0 and record["sdram_commands"]["WRITE"] > 0
     traffic = dram_traffic(program, CONFIG.backend.rows, CONFIG.backend.cols)
     firmware_bytes = traffic["firmware_bytes"]
     back_end_layers = qgraph.layers[len(frozen):] if freeze else qgraph.layers
