@@ -120,7 +120,8 @@ class BoardTop(wiring.Component):
         comes from the link's ``STREAM`` requests.
     memory : str
         ``"onchip"`` (:class:`~hoarfrost.hw.axi_sram.AxiSram`) or ``"sdram"`` (ECP5 only: the
-        ULX3S's 32 MB SDRAM through :class:`~hoarfrost.hw.sdram.AxiSdram`, same AXI port).
+        ULX3S's SDRAM through :class:`~hoarfrost.hw.sdram.AxiSdram`, same AXI port; addressed
+        as the 32 MB part, which a 64 MB board serves too with half its columns unused).
 
     Members
     -------

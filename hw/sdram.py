@@ -29,8 +29,10 @@ registered; the chip's clock is the controller's clock inverted, so the chip sam
 command in the middle of the cycle it is on the pins (20 ns of setup and of hold). With CAS
 latency ``CL`` a READ on the pins in cycle ``c`` puts its data out from the chip's edge
 ``CL - 1`` later plus tAC, held until tOH after the next edge: the controller's rising edge at
-the end of cycle ``c + CL - 1`` falls inside that window (14 ns after it opens and 22 ns
-before it closes at CL 2), so the input register captures it there. :class:`SdramTiming`'s
+the end of cycle ``c + CL - 1`` falls inside that window (with tAC 6 ns and tOH 2.5 ns, 14 ns
+after it opens and 22.5 ns before it closes, less the pads' and traces' few ns), so the input
+register captures it there. This reasoning holds at the ULX3S's 25 MHz; a faster clock would
+need the window recomputed (or a PLL phase) before trusting ``read_capture``. :class:`SdramTiming`'s
 ``read_capture`` states this; :class:`hoarfrost.sim.sdram_model.SdramChip` drives data in
 that cycle only and garbage otherwise, so a controller capturing a cycle early or late fails.
 
