@@ -326,3 +326,38 @@ def test_the_ulx3s_board_top_serves_its_memory_from_the_sdram():
     assert 'LOCATE COMP "sdram_0__clk__io" SITE "F19";' in lpf
     assert 'LOCATE COMP "sdram_0__dq__io[0]" SITE "J16";' in lpf
     assert "ODDRX1F" in plan.files["top.il"]
+
+
+@pytest.mark.parametrize("stuck_bit", [None, 3])
+def test_the_memory_check_passes_on_a_good_chip_and_counts_a_stuck_bit(stuck_bit):
+    from amaranth import Module
+    from amaranth.lib import wiring
+
+    from hoarfrost.hw.sdram_check import MemoryCheck
+
+    m = Module()
+    m.submodules.check = check = MemoryCheck(512)
+    m.submodules.memory = memory = AxiSdram(ULX3S_32MB, QUICK)
+    wiring.connect(m, check.m_axi, memory.s_axi)
+    chip = SdramChip(ULX3S_32MB, QUICK, seed=2)
+    if stuck_bit is not None:          # DQ3 reads 0 whatever the chip drives
+        step = chip.step
+        chip.step = lambda **pins: step(**pins) & ~(1 << stuck_bit)
+    got = {}
+
+    async def watch(ctx):
+        await ctx.tick().until(check.passes == 2)
+        got["errors"] = ctx.get(check.errors)
+
+    sim = Simulator(m)
+    sim.add_clock(1 / QUICK.clk_freq)
+    sim.add_testbench(amaranth_testbench(chip, memory.sdram), background=True)
+    sim.add_testbench(watch)
+    sim.run()
+    if stuck_bit is None:
+        assert got["errors"] == 0
+    else:                              # every beat whose pattern has bit 3 or bit 19 set
+        from hoarfrost.hw.sdram_check import check_pattern
+        wrong = sum(check_pattern(b, p) >> stuck_bit & 0x10001 != 0
+                    for p in range(2) for b in range(512))
+        assert got["errors"] == wrong
