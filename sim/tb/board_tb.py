@@ -32,8 +32,8 @@ from amaranth.lib.wiring import In, Out
 from hoarfrost.firmware.host import AsyncDevice
 from hoarfrost.hw.board import BoardTop, board_counters
 from hoarfrost.hw.sdram import ULX3S_32MB, SdramPinsSignature, SdramTiming
-from hoarfrost.sim.sdram_model import SdramChip, cocotb_coroutine
 from hoarfrost.hw.uart import UartRx, UartTx
+from hoarfrost.sim.sdram_model import SdramChip, cocotb_coroutine
 from hoarfrost.sim.tb.common import clock_and_reset, load_vectors, save_results
 from hoarfrost.sim.tb.host_link_tb import CocotbTransport
 
