@@ -50,6 +50,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--board", required=True, choices=sorted(BOARD_PLATFORMS),
                         help="the board to build for (OUT must be compiled for it)")
     parser.add_argument("--seed", type=int, default=1, help="nextpnr's placement seed")
+    parser.add_argument("--memory", choices=("onchip", "sdram"), default="onchip",
+                        help="the accelerator's memory: on-chip SPRAM / block RAM, or the "
+                             "ULX3S's 32 MB SDRAM through hoarfrost's controller (ulx3s-85f)")
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
 
@@ -129,6 +132,9 @@ def run(args) -> int:
     from hoarfrost.gen.outdir import read_manifest
     from hoarfrost.hw.board import BoardTop
 
+    memory = getattr(args, "memory", "onchip")
+    if memory == "sdram" and BOARD_PLATFORMS[args.board][2] != "ecp5":
+        raise HoarfrostError(f"the {args.board} has no SDRAM; build with --memory onchip")
     out = Path(args.out)
     manifest = read_manifest(out)
     _check_board(manifest, args.board)
@@ -146,7 +152,7 @@ def run(args) -> int:
     with tempfile.TemporaryDirectory(prefix=f".{args.board}-", dir=final.parent) as tmp:
         specs, engines = accelerator_parts(out, manifest)
         top = BoardTop(config, clk_freq=clk_hz, family=family, frozen_specs=specs,
-                       sparse_layers=engines)
+                       sparse_layers=engines, memory=memory)
         try:
             # router2: router1 stalls for many minutes on the congestion around the ECP5's
             # multipliers (see gen/synth.py); timing is judged from the report, not by failing.

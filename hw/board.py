@@ -40,8 +40,14 @@ from hoarfrost.hw.backend import BACKEND_COUNTERS
 from hoarfrost.hw.dram_bridge import AxiDramBridge, connect_dram
 from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
 from hoarfrost.hw.line_buffer import pixel_layout
+from hoarfrost.hw.sdram import (ULX3S_32MB, AxiSdram, SdramPinsSignature, SdramTiming,
+                                connect_platform_sdram)
 
-__all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes"]
+__all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes",
+           "MEMORIES"]
+
+#: The accelerator's memory: on-chip (SPRAM or block RAM) or the ULX3S's SDRAM.
+MEMORIES = ("onchip", "sdram")
 
 #: The counters the host reads from the CSRs, in register order (``Csr.COUNTER_BASE + i``).
 BOARD_COUNTERS = (*BACKEND_COUNTERS, "link_frames", "link_crc_errors", "link_timeouts",
@@ -117,6 +123,10 @@ class BoardTop(wiring.Component):
     sparse_layers : sequence of (SparseEncoding, Dense, QParams), optional
         The sparse engines behind the back end (as :class:`~hoarfrost.hw.accelerator.
         Accelerator`).
+    memory : str
+        ``"onchip"`` (:class:`~hoarfrost.hw.axi_sram.AxiSram`) or ``"sdram"`` (ECP5 only: the
+        ULX3S's SDRAM through :class:`~hoarfrost.hw.sdram.AxiSdram`, same AXI port; addressed
+        as the 32 MB part, which a 64 MB board serves too with half its columns unused).
 
     Members
     -------
@@ -124,15 +134,25 @@ class BoardTop(wiring.Component):
         The UART's lines (from and to the host); on a board, the platform's ``uart`` pins.
     running : ``Out(1)``
         The accelerator is busy; on a board, ``led 0``.
+    sdram : ``Out(SdramPinsSignature(ULX3S_32MB))``
+        With ``memory="sdram"`` only: the chip's pins (on a board, the ``sdram`` resource's;
+        in simulation, for :class:`hoarfrost.sim.sdram_model.SdramChip`).
     """
 
     def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200,
-                 frozen_specs: Sequence = (), sparse_layers: Sequence = ()):
+                 frozen_specs: Sequence = (), sparse_layers: Sequence = (),
+                 memory: str = "onchip"):
+        if memory not in MEMORIES or (memory == "sdram" and family != "ecp5"):
+            raise ValueError(f"memory must be one of {MEMORIES} (sdram on the ecp5 only), not "
+                             f"{memory!r} on the {family}")
         self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
         self.frozen_specs, self.sparse_layers = tuple(frozen_specs), tuple(sparse_layers)
         self.counter_names = board_counters(bool(self.frozen_specs), len(self.sparse_layers))
-        self.memory_bytes = memory_bytes(family)
-        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1)})
+        self.memory = memory
+        self.memory_bytes = ULX3S_32MB.size if memory == "sdram" else memory_bytes(family)
+        pins = {"sdram": Out(SdramPinsSignature(ULX3S_32MB))} if memory == "sdram" else {}
+        super().__init__({"rx": In(1, init=1), "tx": Out(1, init=1), "running": Out(1),
+                          **pins})
 
     def elaborate(self, platform):
         m = Module()
@@ -152,8 +172,16 @@ class BoardTop(wiring.Component):
         m.submodules.bridge = bridge = AxiDramBridge(data_width=DATA_WIDTH)
         m.submodules.host_axi = host_axi = HostBusAxi(data_width=DATA_WIDTH)
         m.submodules.share = share = AxiShare(data_width=DATA_WIDTH)
-        m.submodules.memory = memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH,
-                                               spram=self.family == "ice40")
+        if self.memory == "sdram":
+            memory = AxiSdram(ULX3S_32MB, SdramTiming(clk_freq=self.clk_freq),
+                              data_width=DATA_WIDTH)
+            for path, member, value in memory.sdram.signature.flatten(memory.sdram):
+                ours = getattr(self.sdram, path[0])
+                m.d.comb += ours.eq(value) if member.flow == Out else value.eq(ours)
+        else:
+            memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH,
+                             spram=self.family == "ice40")
+        m.submodules.memory = memory
 
         wiring.connect(m, link.mem, host_axi.bus)
         wiring.connect(m, link.csr, csr.csr)
@@ -175,4 +203,6 @@ class BoardTop(wiring.Component):
             uart = platform.request("uart", 0)
             m.d.comb += [self.rx.eq(uart.rx.i), uart.tx.o.eq(self.tx)]
             m.d.comb += platform.request("led", 0).o.eq(self.running)
+            if self.memory == "sdram":
+                connect_platform_sdram(m, platform, self.sdram)
         return m

@@ -94,3 +94,9 @@ def test_the_board_top_gets_the_frozen_layers_and_sparse_engines_out_was_compile
                                       "frozen_out_pixels", "sparse0_cycles",
                                       "sparse0_busy_cycles", "sparse0_skipped", "sparse0_macs",
                                       "sparse0_entries", "sparse0_stall_cycles")
+
+
+def test_sdram_is_refused_on_a_board_without_one(capsys, tmp_path):
+    assert main(["build", str(tmp_path), "--board", "icebreaker", "--memory", "sdram"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "hoarfrost: error: the icebreaker has no SDRAM; build with --memory onchip")

@@ -7,6 +7,11 @@ driver code a board's serial port runs: it writes the weight image and the firmw
 image writes the input, starts the accelerator, waits for done, reads the output and the
 counters back.
 
+With ``memory="sdram"`` the board's memory is the ULX3S's SDRAM behind
+:class:`~hoarfrost.hw.sdram.AxiSdram`, and the chip is
+:class:`~hoarfrost.sim.sdram_model.SdramChip` on the top's ``sdram__*`` ports (it fails the test
+on any illegal command or timing); ``$HOARFROST_BOARD_MEMORY`` tells the testbench.
+
 Vectors (``$HOARFROST_VECTORS``): ``weights``, ``firmware``, ``images`` (int8, one row per
 image), ``input_addr``, ``output_addr``, ``output_len``, ``firmware_addr``. An ``input_addr``
 of -1 means a frozen front end: each image (then in pixel order, ``(H*W, C)`` flattened) is sent
@@ -18,6 +23,8 @@ the input to reading the counters as the host saw them.
 
 from __future__ import annotations
 
+import os
+
 import cocotb
 from amaranth import Module
 from amaranth.lib import stream, wiring
@@ -25,7 +32,9 @@ from amaranth.lib.wiring import In, Out
 
 from hoarfrost.firmware.host import AsyncDevice
 from hoarfrost.hw.board import BoardTop, board_counters
+from hoarfrost.hw.sdram import ULX3S_32MB, SdramPinsSignature, SdramTiming
 from hoarfrost.hw.uart import UartRx, UartTx
+from hoarfrost.sim.sdram_model import SdramChip, cocotb_coroutine
 from hoarfrost.sim.tb.common import clock_and_reset, load_vectors, save_results
 from hoarfrost.sim.tb.host_link_tb import CocotbTransport
 
@@ -44,13 +53,17 @@ class BoardCosimTop(wiring.Component):
         Bytes the host receives.
     running : ``Out(1)``
         The accelerator is busy.
+    sdram : ``Out(SdramPinsSignature(ULX3S_32MB))``
+        With ``memory="sdram"``: the SDRAM chip's pins.
     """
 
-    def __init__(self, config, frozen_specs=(), sparse_layers=()):
+    def __init__(self, config, frozen_specs=(), sparse_layers=(), memory="onchip"):
         self.board = BoardTop(config, clk_freq=CLK_FREQ, family="ecp5", baud=BAUD,
-                              frozen_specs=frozen_specs, sparse_layers=sparse_layers)
+                              frozen_specs=frozen_specs, sparse_layers=sparse_layers,
+                              memory=memory)
+        pins = {"sdram": Out(SdramPinsSignature(ULX3S_32MB))} if memory == "sdram" else {}
         super().__init__({"to_device": In(stream.Signature(8)),
-                          "from_device": Out(stream.Signature(8)), "running": Out(1)})
+                          "from_device": Out(stream.Signature(8)), "running": Out(1), **pins})
 
     def elaborate(self, platform):
         m = Module()
@@ -61,6 +74,8 @@ class BoardCosimTop(wiring.Component):
         wiring.connect(m, host_rx.o_stream, wiring.flipped(self.from_device))
         m.d.comb += [board.rx.eq(host_tx.tx), host_rx.rx.eq(board.tx),
                      self.running.eq(board.running)]
+        if "sdram" in self.signature.members:
+            wiring.connect(m, wiring.flipped(self.sdram), board.sdram)
         return m
 
 
@@ -68,6 +83,10 @@ class BoardCosimTop(wiring.Component):
 async def driver_runs_the_model_on_the_board_top(dut):
     v = load_vectors()
     await clock_and_reset(dut, low=("to_device__valid", "from_device__ready"))
+    chip = None
+    if os.environ.get("HOARFROST_BOARD_MEMORY") == "sdram":
+        chip = SdramChip(ULX3S_32MB, SdramTiming(clk_freq=CLK_FREQ))
+        cocotb.start_soon(cocotb_coroutine(chip, dut, dut.clk))
     transport = CocotbTransport(dut, dut.clk, to_device="to_device", from_device="from_device",
                                 clk_freq=CLK_FREQ)
     streamed = int(v["input_addr"]) < 0
@@ -84,4 +103,5 @@ async def driver_runs_the_model_on_the_board_top(dut):
         runs.append({"output": list(output), "counters": counters,
                      "host_cycles": transport.cycles - started})
     save_results("driver_runs_the_model_on_the_board_top",
-                 {"runs": runs, "resends": dev.resends, "cycles": transport.cycles})
+                 {"runs": runs, "resends": dev.resends, "cycles": transport.cycles,
+                  "sdram_commands": chip.counts if chip else None})
