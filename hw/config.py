@@ -45,6 +45,12 @@ class BackendConfig:
         Rows of each of the two accumulator banks: the largest M the engine takes.
     counter_width : int
         Width of the event counters (they wrap).
+    add_shares_multiplier : bool
+        Form ``ADD``'s element products (``(a - zp_a) * mult_a``, ``(b - zp_b) * mult_b``) on
+        the back end's shared 16 x 16 setup multiplier, four a element, instead of two 9 x 32
+        multipliers of their own: four DSP blocks fewer (for the iCE40 UP5K's eight), at three
+        more ``ADD_SETUP`` cycles and two more at the end of each ``ADD``
+        (:mod:`hoarfrost.sim.sequencer_model`); elements still take four cycles each.
     """
 
     rows: int = 4
@@ -56,6 +62,7 @@ class BackendConfig:
     w_depth: int = 16
     acc_depth: int = 128
     counter_width: int = 32
+    add_shares_multiplier: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "a_depth", "acc_depth"):
@@ -74,6 +81,9 @@ class BackendConfig:
                              f"{2 * self.rows}, not {self.w_depth!r}")
         if self.counter_width < 16:
             raise ValueError(f"counter_width must be at least 16, not {self.counter_width!r}")
+        if not isinstance(self.add_shares_multiplier, bool):
+            raise ValueError(f"add_shares_multiplier must be a bool, not "
+                             f"{self.add_shares_multiplier!r}")
 
     @property
     def pe_count(self) -> int:
@@ -116,7 +126,7 @@ DEFAULT = BackendConfig()
 
 #: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers.
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
-                                 acc_depth=64)
+                                 acc_depth=64, add_shares_multiplier=True)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)
