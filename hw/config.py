@@ -51,6 +51,10 @@ class BackendConfig:
         multipliers of their own: four DSP blocks fewer (for the iCE40 UP5K's eight), at three
         more ``ADD_SETUP`` cycles and two more at the end of each ``ADD``
         (:mod:`hoarfrost.sim.sequencer_model`); elements still take four cycles each.
+    requant_saturating_shift : bool
+        Build the requantizer with its narrow saturating shifter
+        (:class:`hoarfrost.hw.requant.Requantizer`'s ``saturating_shift``): the same results
+        from fewer LUTs.
     """
 
     rows: int = 4
@@ -63,6 +67,7 @@ class BackendConfig:
     acc_depth: int = 128
     counter_width: int = 32
     add_shares_multiplier: bool = False
+    requant_saturating_shift: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "a_depth", "acc_depth"):
@@ -81,9 +86,9 @@ class BackendConfig:
                              f"{2 * self.rows}, not {self.w_depth!r}")
         if self.counter_width < 16:
             raise ValueError(f"counter_width must be at least 16, not {self.counter_width!r}")
-        if not isinstance(self.add_shares_multiplier, bool):
-            raise ValueError(f"add_shares_multiplier must be a bool, not "
-                             f"{self.add_shares_multiplier!r}")
+        for name in ("add_shares_multiplier", "requant_saturating_shift"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, not {getattr(self, name)!r}")
 
     @property
     def pe_count(self) -> int:
@@ -126,7 +131,8 @@ DEFAULT = BackendConfig()
 
 #: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers.
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
-                                 acc_depth=64, add_shares_multiplier=True)
+                                 acc_depth=64, add_shares_multiplier=True,
+                                 requant_saturating_shift=True)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

@@ -133,12 +133,13 @@ def test_ideal_streams_give_the_gemm_engine_model():
         assert ideal_engine(config, m, n, k).cycles == predict_gemm(config, m, n, k).cycles
 
 
-@pytest.mark.parametrize("add_shares_multiplier", [False, True])
-def test_tiny_networks_take_the_predicted_cycles_per_command(add_shares_multiplier):
+@pytest.mark.parametrize("lean", [False, True])
+def test_tiny_networks_take_the_predicted_cycles_per_command(lean):
     """Every command kind (LOAD, GEOM, MATMUL plain and depthwise, max and average POOL, ADD,
-    STORE, SYNC, END) takes exactly the cycles the model gives; ADD both on its own
-    multipliers and on the shared one (the iCEBreaker's)."""
-    config = dataclasses.replace(SMALL, add_shares_multiplier=add_shares_multiplier)
+    STORE, SYNC, END) takes exactly the cycles the model gives; also with the iCEBreaker's
+    area savings (ADD on the shared multiplier, the saturating requantizer)."""
+    config = dataclasses.replace(SMALL, add_shares_multiplier=lean,
+                                 requant_saturating_shift=lean)
     for seed, pool, residual, depthwise in [(1, "AveragePool", True, False),
                                             (2, "MaxPool", True, True)]:
         qgraph, rng = tiny_network(seed, pool, residual, depthwise)
