@@ -20,8 +20,9 @@ states that form their products (``in_h * in_w``, the strides ``sh * in_w`` ...,
 hw_in``, ``zp_b * mult_b`` ...) once, one a cycle, on a shared registered multiplier; the
 loops then keep every scratchpad address and window position as a running sum stepped by
 those strides (addresses modulo the scratchpad's size, positions saturating past every
-bound). The requantizer registers its input, so the drain's lane mux and parameter reads do
-not reach its multiplier.
+bound). With ``add_shares_multiplier`` (small FPGAs) ``ADD``'s per-element products run on
+that multiplier too, four an element. The requantizer registers its input, so the drain's lane
+mux and parameter reads do not reach its multiplier.
 
 The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
 bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness

@@ -41,7 +41,8 @@ def boundary_beats(seed, count):
     for i in range(count):
         shift = i % (MAX_SHIFT + 1)
         mult = int(rng.integers(1, 2**MULTIPLIER_BITS))
-        target = int(rng.choice([1, -1])) * int(rng.choice([2**9, 2**17])) + int(rng.integers(-3, 4))
+        target = (int(rng.choice([1, -1])) * int(rng.choice([2**9, 2**17]))
+                  + int(rng.integers(-3, 4)))
         acc = max(-(2**31), min(2**31 - 1, (target << shift) // mult + int(rng.integers(-2, 3))))
         lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
         beats.append({"acc": acc, "multiplier": mult, "shift": shift,
