@@ -144,7 +144,7 @@ class BackEnd(wiring.Component):
         cfg = self._config
         R, C = cfg.rows, cfg.cols
 
-        m.submodules.engine = engine = GemmEngine(cfg, keep_counters=True)
+        m.submodules.engine = engine = GemmEngine(cfg, keep_counters=cfg.engine_keeps_counters)
         m.submodules.requant = rq = Requantizer(
             cfg.acc_width, saturating_shift=cfg.requant_saturating_shift)
         m.submodules.scratch = scratch = Memory(shape=signed(8), depth=self.scratch_bytes, init=[])
@@ -178,8 +178,7 @@ class BackEnd(wiring.Component):
         # --- DRAM read side: one requester (this FSM), bytes assembled into words ------------
         word = Signal(32)
         byte_idx = Signal(2)
-        rd_left = Signal(32)          # bytes of the MATMUL's weight read not yet received (only
-                                      # the weight feeder asks, so only MM_START sets it)
+        rd_left = Signal(32)          # bytes of the current read not yet received
         word_done = Signal()          # a whole little-endian word arrived this cycle
         take_word_bytes = Signal()    # the current state consumes rd_data as words
         m.d.comb += word_done.eq(take_word_bytes & self.rd_data.valid & (byte_idx == 3))
@@ -260,7 +259,7 @@ class BackEnd(wiring.Component):
 
         # --- scalar-unit / drain share of the requantizer ------------------------------------
         # Results leave the requantizer in input order; each user keeps a write pointer.
-        out_addr = Signal(aw)         # (addresses modulo the scratchpad: all its port keeps)
+        out_addr = Signal(32)
         m.d.comb += [s_wr.addr.eq(out_addr), s_wr.data.eq(rq.o_stream.payload)]
 
         # ======================================================================================
@@ -541,31 +540,33 @@ class BackEnd(wiring.Component):
         counter_names = ("macs_issued", "macs_useful", "engine_busy_cycles", "engine_stall_cycles",
                          *buffer_names)
         engine_names = ("macs_issued", "macs_useful", "busy_cycles", "stall_cycles", *buffer_names)
-        # The engine keeps counting over its runs (cleared by our start): these counters are
-        # its, summed over the program's MATMULs, with no adders or registers of our own.
-        m.d.comb += [counters[ours].eq(getattr(engine, theirs))
-                     for ours, theirs in zip(counter_names, engine_names)]
+        if cfg.engine_keeps_counters:
+            # The engine counts on over its runs (cleared by our start): these counters are
+            # its, summed over the program's MATMULs, with no adders or registers of our own.
+            m.d.comb += [counters[ours].eq(getattr(engine, theirs))
+                         for ours, theirs in zip(counter_names, engine_names)]
+        summed = counter_names if cfg.engine_keeps_counters else ()
 
         with m.If(self.busy):
             m.d.sync += count("cycles")
 
-        s_rd_addr = Signal(aw)
+        s_rd_addr = Signal(32)
         m.d.comb += s_rd.addr.eq(s_rd_addr)
 
         with m.FSM(name="sequencer"):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [pc.eq(self.program_addr), self.busy.eq(1),
-                                 *(c.eq(0) for name, c in counters.items()
-                                   if name not in counter_names)]
-                    m.d.comb += engine.clear_counters.eq(1)
+                                 *(c.eq(0) for name, c in counters.items() if name not in summed)]
+                    if cfg.engine_keeps_counters:
+                        m.d.comb += engine.clear_counters.eq(1)
                     m.next = "FETCH"
 
             with m.State("FETCH"):
                 m.d.sync += count("fetch_cycles")
                 m.d.comb += dram_read(pc, 4)
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += byte_idx.eq(0)
+                    m.d.sync += [rd_left.eq(4), byte_idx.eq(0)]
                     m.next = "HEADER"
 
             with m.State("HEADER"):
@@ -583,7 +584,7 @@ class BackEnd(wiring.Component):
                 m.d.sync += count("fetch_cycles")
                 m.d.comb += dram_read(pc, n_fields * 4)
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += byte_idx.eq(0)
+                    m.d.sync += [rd_left.eq(n_fields * 4), byte_idx.eq(0)]
                     m.next = "FIELDS"
 
             with m.State("FIELDS"):
@@ -659,7 +660,7 @@ class BackEnd(wiring.Component):
                 m.d.sync += count("copy_cycles")
                 m.d.comb += dram_read(field(Op.LOAD, "dram_addr"), field(Op.LOAD, "length"))
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += copy_i.eq(0)
+                    m.d.sync += [rd_left.eq(field(Op.LOAD, "length")), copy_i.eq(0)]
                     m.next = "LOAD_DATA"
             with m.State("LOAD_DATA"):
                 m.d.sync += count("copy_cycles")
@@ -728,7 +729,7 @@ class BackEnd(wiring.Component):
                 # nt records of 12 bytes (shifts and an add: a constant product would take a DSP)
                 m.d.comb += dram_read(field(Op.MATMUL, "p_addr"), (nt << 3) + (nt << 2))
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += byte_idx.eq(0)
+                    m.d.sync += [rd_left.eq((nt << 3) + (nt << 2)), byte_idx.eq(0)]
                     m.next = "PARAMS"
             with m.State("MM_START"):
                 m.d.sync += count("matmul_cycles")
@@ -773,6 +774,9 @@ class BackEnd(wiring.Component):
                 # requantizer has written every result
                 with m.If(engine_started & ~engine.busy & ~d_have & (rq_inflight == 0)):
                     m.d.sync += [engine_started.eq(0)]
+                    if not cfg.engine_keeps_counters:
+                        m.d.sync += [counters[ours].eq(counters[ours] + getattr(engine, theirs))
+                                     for ours, theirs in zip(counter_names, engine_names)]
                     m.next = "FETCH"
 
             # ---- parameter loading (MATMUL records, pooling tables) ----------------------------
@@ -830,7 +834,7 @@ class BackEnd(wiring.Component):
                 m.d.sync += count("pool_cycles")
                 m.d.comb += dram_read(field(Op.POOL, "p_addr"), param_words * 4)
                 with m.If(self.rd_cmd.ready):
-                    m.d.sync += byte_idx.eq(0)
+                    m.d.sync += [rd_left.eq(param_words * 4), byte_idx.eq(0)]
                     m.next = "PARAMS"
             with m.State("POOL_RUN"):
                 m.d.sync += count("pool_cycles")
@@ -939,7 +943,8 @@ class BackEnd(wiring.Component):
                 # (the elements' products and pushes run behind these states, see below)
                 m.d.sync += count("add_cycles")
                 with m.If(a_idx == field(Op.ADD, "length")):
-                    with m.If(~a_mul & ~a_push & (a_phase == 0) & (rq_inflight == 0)):
+                    element_done = (a_phase == 0) if cfg.add_shares_multiplier else ~a_mul & ~a_push
+                    with m.If(element_done & (rq_inflight == 0)):
                         m.next = "FETCH"
                 with m.Else():
                     m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx),
