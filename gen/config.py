@@ -146,6 +146,10 @@ def _from_toml(path: Path) -> HardwareConfig:
             scratch = _check_int(value, name, where, 4)
         elif key == "param_depth":
             params = _check_int(value, name, where, 2)
+        elif _BACKEND_FIELDS.get(key) in (bool, "bool"):
+            if not isinstance(value, bool):
+                raise HoarfrostError(f"{where}: {name} must be true or false, not {value!r}")
+            overrides[key] = value
         elif key in _BACKEND_FIELDS:
             # a weight cache of 0 bytes is none at all
             overrides[key] = _check_int(value, name, where,

@@ -26,8 +26,9 @@ states that form their products (``in_h * in_w``, the strides ``sh * in_w`` ...,
 hw_in``, ``zp_b * mult_b`` ...) once, one a cycle, on a shared registered multiplier; the
 loops then keep every scratchpad address and window position as a running sum stepped by
 those strides (addresses modulo the scratchpad's size, positions saturating past every
-bound). The requantizer registers its input, so the drain's lane mux and parameter reads do
-not reach its multiplier.
+bound). With ``add_shares_multiplier`` (small FPGAs) ``ADD``'s per-element products run on
+that multiplier too, four an element. The requantizer registers its input, so the drain's lane
+mux and parameter reads do not reach its multiplier.
 
 The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
 bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness
@@ -176,8 +177,9 @@ class BackEnd(wiring.Component):
         cfg = self._config
         R, C = cfg.rows, cfg.cols
 
-        m.submodules.engine = engine = GemmEngine(cfg)
-        m.submodules.requant = rq = Requantizer(cfg.acc_width)
+        m.submodules.engine = engine = GemmEngine(cfg, keep_counters=cfg.engine_keeps_counters)
+        m.submodules.requant = rq = Requantizer(
+            cfg.acc_width, saturating_shift=cfg.requant_saturating_shift)
         m.submodules.scratch = scratch = Memory(shape=signed(8), depth=self.scratch_bytes, init=[])
         s_rd, s_wr = scratch.read_port(), scratch.write_port()
         # Per-channel parameters of the current MATMUL (or the pooling table).
@@ -535,6 +537,8 @@ class BackEnd(wiring.Component):
         a_mul = Signal()              # a_term and b_val taken: form b_term and a_sum
         a_push = Signal()             # a_sum + b_term waits for the requantizer
         a_idx = Signal(32)
+        a_phase = Signal(4)           # add_shares_multiplier: one-hot step of the element behind
+        a_taken = Signal()            # ... b taken (ADD_TAKE_B): the element's step 0 is next
 
         unit_rq = Signal()            # the scalar unit drives the requantizer input
         unit_payload = Signal(rq.i_stream.payload.shape())
@@ -593,6 +597,12 @@ class BackEnd(wiring.Component):
         counter_names = ("macs_issued", "macs_useful", "engine_busy_cycles", "engine_stall_cycles",
                          *buffer_names)
         engine_names = ("macs_issued", "macs_useful", "busy_cycles", "stall_cycles", *buffer_names)
+        if cfg.engine_keeps_counters:
+            # The engine counts on over its runs (cleared by our start): these counters are
+            # its, summed over the program's MATMULs, with no adders or registers of our own.
+            m.d.comb += [counters[ours].eq(getattr(engine, theirs))
+                         for ours, theirs in zip(counter_names, engine_names)]
+        summed = counter_names if cfg.engine_keeps_counters else ()
 
         with m.If(self.busy):
             m.d.sync += count("cycles")
@@ -604,7 +614,9 @@ class BackEnd(wiring.Component):
             with m.State("IDLE"):
                 with m.If(self.start):
                     m.d.sync += [pc.eq(self.program_addr), self.busy.eq(1),
-                                 *(c.eq(0) for c in counters.values())]
+                                 *(c.eq(0) for name, c in counters.items() if name not in summed)]
+                    if cfg.engine_keeps_counters:
+                        m.d.comb += engine.clear_counters.eq(1)
                     m.next = "FETCH"
 
             with m.State("FETCH"):
@@ -854,8 +866,9 @@ class BackEnd(wiring.Component):
                 # requantizer has written every result
                 with m.If(engine_started & ~engine.busy & ~d_have & (rq_inflight == 0)):
                     m.d.sync += [engine_started.eq(0)]
-                    m.d.sync += [counters[ours].eq(counters[ours] + getattr(engine, theirs))
-                                 for ours, theirs in zip(counter_names, engine_names)]
+                    if not cfg.engine_keeps_counters:
+                        m.d.sync += [counters[ours].eq(counters[ours] + getattr(engine, theirs))
+                                     for ours, theirs in zip(counter_names, engine_names)]
                     m.next = "FETCH"
 
             # ---- parameter loading (MATMUL records, pooling tables) ----------------------------
@@ -998,23 +1011,32 @@ class BackEnd(wiring.Component):
 
             # ---- ADD ------------------------------------------------------------------------
             with m.State("ADD_SETUP"):
-                # zp_b * mult_b (low 32 bits) from 16-bit halves
+                # zp_b * mult_b (low 32 bits) from 16-bit halves; sharing the multiplier, the
+                # constant (zp_a + 128) * mult_a + (zp_b + 128) * mult_b (see below)
                 m.d.sync += count("add_cycles")
 
                 def add_setup_done():
                     m.next = "ADD_A"
 
+                def low_product(x, y, first):
+                    """Steps adding the low 32 bits of ``x * y`` (32-bit operands) into zb."""
+                    return [(x[:16], y[:16], lambda p: [zb.eq(p if first else zb + p)]),
+                            (x[:16], y[16:], lambda p: [zb.eq(zb + (p << 16))]),
+                            (x[16:], y[:16], lambda p: [zb.eq(zb + (p << 16))])]
+
+                zp_a, mult_a = field(Op.ADD, "zp_a").as_unsigned(), field(Op.ADD, "mult_a")
                 zp_b, mult_b = field(Op.ADD, "zp_b").as_unsigned(), field(Op.ADD, "mult_b")
-                products([
-                    (zp_b[:16], mult_b[:16], lambda p: [zb.eq(p)]),
-                    (zp_b[:16], mult_b[16:], lambda p: [zb.eq(zb + (p << 16))]),
-                    (zp_b[16:], mult_b[:16], lambda p: [zb.eq(zb + (p << 16))]),
-                ], add_setup_done)
+                if cfg.add_shares_multiplier:
+                    products(low_product((zp_a + 128)[:32], mult_a, True)
+                             + low_product((zp_b + 128)[:32], mult_b, False), add_setup_done)
+                else:
+                    products(low_product(zp_b, mult_b, True), add_setup_done)
             with m.State("ADD_A"):
                 # (the elements' products and pushes run behind these states, see below)
                 m.d.sync += count("add_cycles")
                 with m.If(a_idx == field(Op.ADD, "length")):
-                    with m.If(~a_mul & ~a_push & (rq_inflight == 0)):
+                    element_done = (a_phase == 0) if cfg.add_shares_multiplier else ~a_mul & ~a_push
+                    with m.If(element_done & (rq_inflight == 0)):
                         m.next = "FETCH"
                 with m.Else():
                     m.d.sync += [s_rd_addr.eq(field(Op.ADD, "src_a") + a_idx),
@@ -1026,14 +1048,24 @@ class BackEnd(wiring.Component):
                 m.next = "ADD_TAKE_A"
             with m.State("ADD_TAKE_A"):
                 m.d.sync += count("add_cycles")
-                m.d.sync += a_first.eq(s_rd.data - field(Op.ADD, "zp_a"))
+                if cfg.add_shares_multiplier:
+                    m.d.sync += [mul_a.eq(s_rd.data.as_unsigned() ^ 0x80),
+                                 mul_b.eq(field(Op.ADD, "mult_a")[:16])]
+                else:
+                    m.d.sync += a_first.eq(s_rd.data - field(Op.ADD, "zp_a"))
                 m.next = "ADD_TAKE_B"
             with m.State("ADD_TAKE_B"):
                 m.d.sync += count("add_cycles")
-                with m.If(~a_mul):      # (the read port keeps b while the previous one waits)
-                    m.d.sync += [a_term.eq(a_first * field(Op.ADD, "mult_a")), b_val.eq(s_rd.data),
-                                 a_mul.eq(1), a_idx.eq(a_idx + 1)]
+                if cfg.add_shares_multiplier:
+                    m.d.sync += [mul_b.eq(field(Op.ADD, "mult_a")[16:]), b_val.eq(s_rd.data),
+                                 a_idx.eq(a_idx + 1)]
+                    m.d.comb += a_taken.eq(1)
                     m.next = "ADD_A"
+                else:
+                    with m.If(~a_mul):      # (the read port keeps b while the previous one waits)
+                        m.d.sync += [a_term.eq(a_first * field(Op.ADD, "mult_a")),
+                                     b_val.eq(s_rd.data), a_mul.eq(1), a_idx.eq(a_idx + 1)]
+                        m.next = "ADD_A"
 
             # ---- RECV -----------------------------------------------------------------------
             if self.stream_channels:
@@ -1085,21 +1117,25 @@ class BackEnd(wiring.Component):
                 m.d.comb += self.done.eq(1)
                 m.next = "IDLE"
 
-        # ADD's element pipeline behind its states: the cycle after ADD_TAKE_B forms b * mult_b
-        # and a_term - zb, the next pushes their sum (one element every four cycles).
-        with m.If(a_push):
-            m.d.comb += [unit_rq.eq(1),
-                         unit_payload.acc.eq(a_sum + b_term),
-                         unit_payload.multiplier.eq(1),
-                         unit_payload.shift.eq(field(Op.ADD, "shift")),
-                         unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
-                         unit_payload.lo.eq(field(Op.ADD, "lo")),
-                         unit_payload.hi.eq(field(Op.ADD, "hi"))]
-            with m.If(rq.i_stream.ready):
-                m.d.sync += a_push.eq(0)
-        with m.If(a_mul & (~a_push | rq.i_stream.ready)):
-            m.d.sync += [b_term.eq(b_val * field(Op.ADD, "mult_b")), a_sum.eq(a_term - zb),
-                         a_mul.eq(0), a_push.eq(1)]
+        if cfg.add_shares_multiplier:
+            self._add_on_shared_multiplier(m, field, unit_rq, unit_payload, a_phase, a_taken,
+                                           a_sum, b_val, zb, mul_a, mul_b, mul_p)
+        else:
+            # ADD's element pipeline behind its states: the cycle after ADD_TAKE_B forms b * mult_b
+            # and a_term - zb, the next pushes their sum (one element every four cycles).
+            with m.If(a_push):
+                m.d.comb += [unit_rq.eq(1),
+                             unit_payload.acc.eq(a_sum + b_term),
+                             unit_payload.multiplier.eq(1),
+                             unit_payload.shift.eq(field(Op.ADD, "shift")),
+                             unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
+                             unit_payload.lo.eq(field(Op.ADD, "lo")),
+                             unit_payload.hi.eq(field(Op.ADD, "hi"))]
+                with m.If(rq.i_stream.ready):
+                    m.d.sync += a_push.eq(0)
+            with m.If(a_mul & (~a_push | rq.i_stream.ready)):
+                m.d.sync += [b_term.eq(b_val * field(Op.ADD, "mult_b")), a_sum.eq(a_term - zb),
+                             a_mul.eq(0), a_push.eq(1)]
 
         # The gatherer owns the scratchpad read port while a MATMUL runs.
         with m.If(g_active & ~g_full):
@@ -1108,6 +1144,37 @@ class BackEnd(wiring.Component):
         if self.stream_channels:
             self._receiver(m, s_wr, field, count, r_regs)
         return m
+
+    def _add_on_shared_multiplier(self, m, field, unit_rq, unit_payload, a_phase, a_taken,
+                                  a_sum, b_val, zb, mul_a, mul_b, mul_p):
+        """ADD's element products on the shared 16 x 16 multiplier (``add_shares_multiplier``).
+
+        With ``a + 128`` unsigned (``a ^ 0x80``, 8 bits) the element's sum is, modulo 2**32,
+        ``(a + 128) * mult_a + (b + 128) * mult_b - zb``, ``zb = (zp_a + 128) * mult_a +
+        (zp_b + 128) * mult_b`` from ``ADD_SETUP``: four 8 x 16 products, one issued a cycle
+        (``ADD_TAKE_A`` a by mult_a's low half, ``ADD_TAKE_B`` its high half, the next two
+        cycles b's), which is what an element's four states leave the multiplier. ``a_phase``
+        (one-hot, entered from ``ADD_TAKE_B``) steps the element behind the states: the two b
+        products are issued, the products summed into ``a_sum`` as they leave the multiplier,
+        and the sum pushed four cycles after ``ADD_TAKE_B``. The requantizer's output is always
+        taken, so its input is always ready and the push never waits."""
+        mult_b = field(Op.ADD, "mult_b")
+        m.d.sync += a_phase.eq(Cat(a_taken, a_phase[:3]))
+        with m.If(a_phase[0]):
+            m.d.sync += [mul_a.eq(b_val.as_unsigned() ^ 0x80), mul_b.eq(mult_b[:16]),
+                         a_sum.eq(mul_p - zb)]
+        with m.If(a_phase[1]):
+            m.d.sync += [mul_b.eq(mult_b[16:]), a_sum.eq(a_sum + (mul_p << 16))]
+        with m.If(a_phase[2]):
+            m.d.sync += a_sum.eq(a_sum + mul_p)
+        with m.If(a_phase[3]):
+            m.d.comb += [unit_rq.eq(1),
+                         unit_payload.acc.eq(a_sum + (mul_p << 16)),
+                         unit_payload.multiplier.eq(1),
+                         unit_payload.shift.eq(field(Op.ADD, "shift")),
+                         unit_payload.zero_point.eq(field(Op.ADD, "zp_out")),
+                         unit_payload.lo.eq(field(Op.ADD, "lo")),
+                         unit_payload.hi.eq(field(Op.ADD, "hi"))]
 
     def _receiver(self, m, s_wr, field, count, r):
         """RECV: feature-stream beats -> scratchpad, CHW. A beat is held in a register and

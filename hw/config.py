@@ -49,6 +49,21 @@ class BackendConfig:
         none.
     counter_width : int
         Width of the event counters (they wrap).
+    add_shares_multiplier : bool
+        Form ``ADD``'s element products (``(a - zp_a) * mult_a``, ``(b - zp_b) * mult_b``) on
+        the back end's shared 16 x 16 setup multiplier, four a element, instead of two 9 x 32
+        multipliers of their own: four DSP blocks fewer (for the iCE40 UP5K's eight), at three
+        more ``ADD_SETUP`` cycles and two more at the end of each ``ADD``
+        (:mod:`hoarfrost.sim.sequencer_model`); elements still take four cycles each.
+    requant_saturating_shift : bool
+        Build the requantizer with its narrow saturating shifter
+        (:class:`hoarfrost.hw.requant.Requantizer`'s ``saturating_shift``): the same results
+        from fewer LUTs.
+    engine_keeps_counters : bool
+        The GEMM engine counts on over its runs (``GemmEngine(keep_counters=True)``) and the
+        back end's MAC and buffer counters are its, not sums the back end adds up at each
+        ``MATMUL``'s end: ten counters' adders and registers fewer; the counts at ``done``
+        are the same.
     """
 
     rows: int = 4
@@ -61,6 +76,9 @@ class BackendConfig:
     acc_depth: int = 128
     weight_cache_bytes: int = 2048
     counter_width: int = 32
+    add_shares_multiplier: bool = False
+    requant_saturating_shift: bool = False
+    engine_keeps_counters: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "a_depth", "acc_depth"):
@@ -82,6 +100,9 @@ class BackendConfig:
                              f"{self.weight_cache_bytes!r}")
         if self.counter_width < 16:
             raise ValueError(f"counter_width must be at least 16, not {self.counter_width!r}")
+        for name in ("add_shares_multiplier", "requant_saturating_shift", "engine_keeps_counters"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, not {getattr(self, name)!r}")
 
     @property
     def pe_count(self) -> int:
@@ -124,7 +145,8 @@ DEFAULT = BackendConfig()
 
 #: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers, no weight cache.
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
-                                 acc_depth=64, weight_cache_bytes=0)
+                                 acc_depth=64, weight_cache_bytes=0, add_shares_multiplier=True,
+                                 requant_saturating_shift=True, engine_keeps_counters=True)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

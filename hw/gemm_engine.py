@@ -115,11 +115,16 @@ class GemmEngine(wiring.Component):
         One row of an output tile per beat.
     cycles, compute_cycles, ... : ``Out(counter_width)``
         The event counters named in :data:`COUNTERS`.
+    clear_counters : ``In(1)``
+        Only with ``keep_counters``: zero the counters (``start`` then leaves them counting on
+        from the last run, so a user that sums the runs needs no counters of its own).
     """
 
-    def __init__(self, config: BackendConfig):
+    def __init__(self, config: BackendConfig, *, keep_counters: bool = False):
         self._config = config
+        self.keep_counters = keep_counters
         cw = config.counter_width
+        clear_port = {"clear_counters": In(1)} if keep_counters else {}
         super().__init__({
             "start":       In(1),
             "m":           In(range(config.acc_depth + 1)),
@@ -132,6 +137,7 @@ class GemmEngine(wiring.Component):
             "bias_stream": In(stream.Signature(bias_layout(config))),
             "o_stream":    Out(stream.Signature(o_layout(config))),
             **{name: Out(cw) for name in COUNTERS},
+            **clear_port,
         })
 
     @property
@@ -196,7 +202,7 @@ class GemmEngine(wiring.Component):
                 drained_1.eq(1), rows_first.eq(Mux(self.m < R, self.m, R)),
                 a_need0.eq(Mux(self.m < R, self.m, R)), a_slot.eq(0),
                 w_wr_addr.eq(0), w_rd_addr.eq(0), computing.eq(0),
-                *(c.eq(0) for c in counters.values()),
+                *(() if self.keep_counters else (c.eq(0) for c in counters.values())),
             ]
         with m.If(running):
             m.d.sync += count("cycles")
@@ -394,4 +400,8 @@ class GemmEngine(wiring.Component):
         with m.If(running & ~issuing & (drained == n_tile) & ~r_valid &
                   (~self.o_stream.valid | self.o_stream.ready)):
             m.d.sync += running.eq(0)
+        if self.keep_counters:
+            # last, so that it wins over any count in the same cycle
+            with m.If(self.clear_counters):
+                m.d.sync += [c.eq(0) for c in counters.values()]
         return m

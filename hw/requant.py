@@ -12,13 +12,22 @@ zero points change from beat to beat at no cost.
 
 from __future__ import annotations
 
-from amaranth import Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.sim.arith import MAX_SHIFT, MULTIPLIER_BITS
 
 SHIFT_BITS = MAX_SHIFT.bit_length()
+
+
+def _saturate(value, bits: int):
+    """Signed ``value`` clamped to the range of ``bits`` signed bits, as ``signed(bits)``: it
+    is in range when every bit from ``bits - 1`` up equals the sign."""
+    top = value[bits - 1:]
+    inside = (top == 0) | (top == (1 << len(top)) - 1)
+    bound = Mux(value[-1], 1 << (bits - 1), (1 << (bits - 1)) - 1)     # -2**(bits-1) or max
+    return Mux(inside, value[:bits], bound)[:bits].as_signed()
 
 
 def requant_layout(acc_width: int = 32) -> data.StructLayout:
@@ -40,6 +49,10 @@ class Requantizer(wiring.Component):
     ----------
     acc_width : int
         Width of the signed accumulators (32 for int32).
+    saturating_shift : bool
+        Shift in two steps that saturate (by ``8 * (shift >> 3)``, then ``shift & 7``) and
+        keep 10 bits, not the whole product: the same results (a value past 10 bits is clamped
+        to the same int8 bound either way) from a narrower shifter, offset and clamp.
 
     Members
     -------
@@ -52,10 +65,11 @@ class Requantizer(wiring.Component):
     per cycle flows at full rate and nothing is lost under backpressure.
     """
 
-    def __init__(self, acc_width: int = 32):
+    def __init__(self, acc_width: int = 32, *, saturating_shift: bool = False):
         if acc_width < 2:
             raise ValueError(f"acc_width must be at least 2, not {acc_width!r}")
         self.acc_width = acc_width
+        self.saturating_shift = saturating_shift
         super().__init__({
             "i_stream": In(stream.Signature(requant_layout(acc_width))),
             "o_stream": Out(stream.Signature(signed(8))),
@@ -86,7 +100,7 @@ class Requantizer(wiring.Component):
         p1 = Signal(requant_layout(self.acc_width))
         # Stage 3: rounding and the arithmetic shift.
         valid2 = Signal()
-        shifted = Signal(signed(width))
+        shifted = Signal(signed(10 if self.saturating_shift else width))
         p2 = Signal(requant_layout(self.acc_width))
 
         with m.If(advance):
@@ -110,9 +124,19 @@ class Requantizer(wiring.Component):
             # bit 0 is exactly that, and 0 for shift 0.
             half = Signal(unsigned(width))
             m.d.comb += half.eq((Const(1, 1) << p1.shift)[1:])
-            m.d.sync += shifted.eq((product + half) >> p1.shift)
+            if self.saturating_shift:
+                # floor shifts compose: x >> s == (x >> 8 * (s >> 3)) >> (s & 7). Saturating
+                # between them to 18 bits and after them to 10 changes no clamped result: past
+                # 10 bits, zero_point + value is past every int8 bound, on the same side.
+                rounded = Signal(signed(width))
+                coarse = Signal(signed(width))
+                m.d.comb += [rounded.eq(product + half),
+                             coarse.eq(rounded >> Cat(Const(0, 3), p1.shift[3:]))]
+                m.d.sync += shifted.eq(_saturate(_saturate(coarse, 18) >> p1.shift[:3], 10))
+            else:
+                m.d.sync += shifted.eq((product + half) >> p1.shift)
             # Stage 4: offset by the zero point and clamp (this also saturates to int8).
-            value = Signal(signed(width + 1))
+            value = Signal(signed(len(shifted) + 1))
             m.d.comb += value.eq(shifted + p2.zero_point)
             with m.If(value < p2.lo):
                 m.d.sync += self.o_stream.payload.eq(p2.lo)

@@ -33,7 +33,9 @@ POOL      ``POOL_SETUP`` 1; with a table (``p_addr`` set) ``POOL_PARAMS_REQ`` 1 
 ADD       ``ADD_SETUP`` 3 products: 5; per element ``ADD_A``, ``ADD_B``, ``ADD_TAKE_A``,
           ``ADD_TAKE_B``: 4 (the products and the push run behind them); then 8 in ``ADD_A``
           (the last element's product, push, requantizer and write): ``5 + 4 * length + 8``
-          (``5 + 1`` for no elements)
+          (``5 + 1`` for no elements). With ``add_shares_multiplier`` the four element
+          products share the setup multiplier: ``ADD_SETUP`` 6 products, the push two cycles
+          later: ``8 + 4 * length + 10`` (``8 + 1``)
 RECV      ``stream_channels`` cycles per pixel (one byte-wide scratchpad write port), one to
           take the first beat, one to see the last written: ``lanes * pixels + 2``, when the
           stream offers every beat in time (a lower bound behind a slower frozen front end)
@@ -301,6 +303,9 @@ def predict_command_cycles(command: Command, geom: Command | None, config: Backe
     if op in (Op.SEND, Op.RECVS):
         return cycles + command.length + 1
     if op == Op.ADD:
+        if config.add_shares_multiplier:
+            return cycles + products_cycles(6) + (4 * command.length + 4 + REQUANT_DRAIN
+                                                  if command.length else 1)
         return cycles + products_cycles(3) + (4 * command.length + 2 + REQUANT_DRAIN
                                               if command.length else 1)
     if op == Op.POOL:

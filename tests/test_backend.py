@@ -195,6 +195,23 @@ def test_recv_takes_the_frozen_layers_output_from_the_feature_stream(idle_prob, 
         1 + len(c.fields) for c in program.commands)
 
 
+def test_icebreaker_preset_runs_bit_exact():
+    """The iCEBreaker's back end (ADD on the shared multiplier, the saturating requantizer)
+    runs a network with every command kind bit-exact, with the firmware's counts."""
+    from hoarfrost.gen.config import PRESETS
+    board = PRESETS["icebreaker"]
+    qgraph, rng = tiny_network(3, "AveragePool", True, False)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 5, 5)).astype(np.float32))
+    out, counters, program = run_backend(qgraph, x[0], config=board.backend,
+                                         scratch_bytes=board.scratch_bytes,
+                                         param_depth=board.param_depth, stall_prob=0.2, seed=3)
+    assert np.array_equal(out, run_int(qgraph, x)[0])
+    assert {Op.ADD, Op.POOL, Op.MATMUL} <= {c.op for c in program.commands}
+    expected = expected_counters(program, board.backend)
+    assert {name: counters[name] for name in expected} == expected
+    assert counters["commands"] == len(program.commands)
+
+
 def split_mid_row(commands, at):
     """The firmware with each layer's MATMULs (over all its pixels) re-split into pixels
     ``0..at-1`` and ``at..``: the ISA allows any m0, the compiler splits at whole rows."""

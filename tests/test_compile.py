@@ -85,7 +85,17 @@ def test_a_toml_file_starts_from_a_preset_and_overrides_it(tmp_path):
     assert none.backend.weight_cache_bytes == 0
 
 
+def test_a_toml_file_switches_the_area_savings(tmp_path):
+    path = write_toml(tmp_path, '[backend]\nadd_shares_multiplier = true\n'
+                                'requant_saturating_shift = true\n')
+    backend = load_config(str(path)).backend
+    assert backend.add_shares_multiplier and backend.requant_saturating_shift
+    assert not PRESETS["ulx3s-85f"].backend.add_shares_multiplier
+
+
 @pytest.mark.parametrize("text, fragments", [
+    ("[backend]\nadd_shares_multiplier = 1\n",
+     ["backend.add_shares_multiplier must be true or false", "1"]),
     ("rows = 4\n", ["unknown key 'rows'"]),
     ("[backend]\nsparse_pes = 4\n", ["unknown key 'backend.sparse_pes'"]),
     ('[backend]\nrows = "4"\n', ["backend.rows must be an integer", "'4'"]),

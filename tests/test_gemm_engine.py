@@ -24,14 +24,15 @@ def engine_config(rows, cols, weight_bits=8):
                          w_depth=max(4, 1 << (2 * rows - 1).bit_length()), acc_depth=64)
 
 
-def run_gemms(config, gemms, *, seed=0, idle_prob=0.0, stall_prob=0.0):
+def run_gemms(config, gemms, *, seed=0, idle_prob=0.0, stall_prob=0.0, keep_counters=False):
     """Run the GEMMs ``gemms`` (dicts from random_gemm) one after another on one engine.
 
     A host process sets the sizes and pulses ``start``; three producers and a consumer move the
     streams concurrently, with random idle cycles and stalls. Returns per GEMM the result C,
     the counters read when ``busy`` fell, and the output stalls an observer counted.
+    ``keep_counters``: the engine keeps counting over the runs, cleared before the first.
     """
-    dut = GemmEngine(config)
+    dut = GemmEngine(config, keep_counters=keep_counters)
     rng = random.Random(seed)
     shared = {"started": 0}
     runs = [{"out": [], "out_stalls": 0} for _ in gemms]
@@ -39,6 +40,10 @@ def run_gemms(config, gemms, *, seed=0, idle_prob=0.0, stall_prob=0.0):
     beats = [gemm_beats(config, g["a"], g["b"], g["bias"]) for g in gemms]
 
     async def host(ctx):
+        if keep_counters:
+            ctx.set(dut.clear_counters, 1)
+            await ctx.tick()
+            ctx.set(dut.clear_counters, 0)
         for i, (g, (m, n, k)) in enumerate(zip(gemms, sizes)):
             ctx.set(dut.m, m)
             ctx.set(dut.n, n)
@@ -150,6 +155,21 @@ def test_two_gemms_in_a_row_reset_state_and_counters():
         np.testing.assert_array_equal(run["c"], expected(g, config))
     assert runs[1]["counters"]["cycles"] == predict_gemm(config, 3, 2, 9).cycles
     assert runs[1]["counters"]["macs_useful"] == 3 * 2 * 9
+
+
+def test_kept_counters_sum_the_runs():
+    # keep_counters (the back end's engine): start leaves the counters running on, so after
+    # two GEMMs every event counter is the sum of both runs' model counts.
+    config = engine_config(2, 2, 8)
+    first = random_gemm(config, 5, 3, 7, seed=8)
+    second = random_gemm(config, 2, 4, 3, seed=9)
+    runs = run_gemms(config, [first, second], keep_counters=True)
+
+    for run, g in zip(runs, (first, second)):
+        np.testing.assert_array_equal(run["c"], expected(g, config))
+    one, two = predict_gemm(config, 5, 3, 7), predict_gemm(config, 2, 4, 3)
+    assert {name: runs[1]["counters"][name] for name in EVENT_COUNTERS} == \
+        {name: getattr(one, name) + getattr(two, name) for name in EVENT_COUNTERS}
 
 
 @pytest.mark.parametrize("size", [4, 8])

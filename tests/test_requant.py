@@ -34,10 +34,27 @@ def expected(beat):
                           beat["lo"], beat["hi"]))
 
 
+def boundary_beats(seed, count):
+    """Products that land near the saturating shift's 18- and 10-bit limits, every shift."""
+    rng = np.random.default_rng(seed)
+    beats = []
+    for i in range(count):
+        shift = i % (MAX_SHIFT + 1)
+        mult = int(rng.integers(1, 2**MULTIPLIER_BITS))
+        target = (int(rng.choice([1, -1])) * int(rng.choice([2**9, 2**17]))
+                  + int(rng.integers(-3, 4)))
+        acc = max(-(2**31), min(2**31 - 1, (target << shift) // mult + int(rng.integers(-2, 3))))
+        lo, hi = sorted(int(v) for v in rng.integers(-128, 128, 2))
+        beats.append({"acc": acc, "multiplier": mult, "shift": shift,
+                      "zero_point": int(rng.integers(-128, 128)), "lo": lo, "hi": hi})
+    return beats
+
+
+@pytest.mark.parametrize("saturating_shift", [False, True])
 @pytest.mark.parametrize("seed, idle, stall", [(0, 0.0, 0.0), (1, 0.3, 0.0), (2, 0.0, 0.4), (3, 0.5, 0.5)])
-def test_requantizer_matches_the_contract_under_backpressure(seed, idle, stall):
-    dut = Requantizer()
-    beats = random_beats(seed, 200)
+def test_requantizer_matches_the_contract_under_backpressure(seed, idle, stall, saturating_shift):
+    dut = Requantizer(saturating_shift=saturating_shift)
+    beats = random_beats(seed, 200) + boundary_beats(seed, 200)
     rng = random.Random(seed)
     got = []
 
@@ -57,8 +74,9 @@ def test_requantizer_matches_the_contract_under_backpressure(seed, idle, stall):
     assert got == [expected(b) for b in beats]
 
 
-def test_requantizer_streams_one_beat_per_cycle_with_five_cycle_latency():
-    dut = Requantizer()
+@pytest.mark.parametrize("saturating_shift", [False, True])
+def test_requantizer_streams_one_beat_per_cycle_with_five_cycle_latency(saturating_shift):
+    dut = Requantizer(saturating_shift=saturating_shift)
     beats = random_beats(7, 50)
     accepted, received = [], []
 

@@ -6,6 +6,7 @@ per layer come out exactly as ``hoarfrost sim`` reports them. The model is exact
 back end with a DRAM that does not stall: the tests ask for equality, per command.
 """
 
+import dataclasses
 import random
 
 import numpy as np
@@ -133,16 +134,20 @@ def test_ideal_streams_give_the_gemm_engine_model():
         assert ideal_engine(config, m, n, k).cycles == predict_gemm(config, m, n, k).cycles
 
 
-def test_tiny_networks_take_the_predicted_cycles_per_command():
+@pytest.mark.parametrize("lean", [False, True])
+def test_tiny_networks_take_the_predicted_cycles_per_command(lean):
     """Every command kind (LOAD, GEOM, MATMUL plain and depthwise, max and average POOL, ADD,
-    STORE, SYNC, END) takes exactly the cycles the model gives."""
+    STORE, SYNC, END) takes exactly the cycles the model gives; also with the iCEBreaker's
+    area savings (ADD on the shared multiplier, the saturating requantizer)."""
+    config = dataclasses.replace(SMALL, add_shares_multiplier=lean,
+                                 requant_saturating_shift=lean)
     for seed, pool, residual, depthwise in [(1, "AveragePool", True, False),
                                             (2, "MaxPool", True, True)]:
         qgraph, rng = tiny_network(seed, pool, residual, depthwise)
         x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 5, 5)).astype(np.float32))
-        program = compile_graph(qgraph, CompileLimits.for_backend(SMALL, 2048, 16))
+        program = compile_graph(qgraph, CompileLimits.for_backend(config, 2048, 16))
         assert {Op.MATMUL, Op.POOL, Op.ADD} <= {c.op for c in program.commands}
-        check_exact(program, x, qgraph, SMALL)
+        check_exact(program, x, qgraph, config)
 
 
 @pytest.mark.parametrize("seed", [0, 5, 7, 10])
