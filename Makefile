@@ -20,8 +20,9 @@ DIGITS := --inputs $(EX)/digits_test_x.npy --labels $(EX)/digits_test_y.npy
 # The main job on the bundled example: look at the CNN, measure its float accuracy, quantize it
 # (8 and 4-bit weights) and run the integer golden model against onnxruntime on the test split;
 # then compile the CNN for the ULX3S configuration (8x8 array), run 100 test images through the
-# accelerator's RTL in Verilator (every output checked against the golden model), and write the
-# HTML report. `make bitstream` then builds the ULX3S bitstream (see README: not yet routed).
+# accelerator's RTL in Verilator (every output checked against the golden model), build the
+# ULX3S bitstream (yosys + nextpnr from PyPI's YoWASP: about half an hour on 2 cores) and write
+# the HTML report with the simulation's and the build's figures.
 demo: $(STAMP)
 	@mkdir -p out
 	$(BIN)/hoarfrost inspect $(EX)/digits_cnn.onnx
@@ -34,9 +35,10 @@ demo: $(STAMP)
 	$(BIN)/hoarfrost predict $(EX)/digits_mlp.onnx $(DIGITS) --calib $(EX)/digits_calib.npy --check-onnxruntime
 	$(BIN)/hoarfrost compile $(EX)/digits_cnn.onnx --calib $(EX)/digits_calib.npy --config ulx3s-85f -o out/digits_cnn_hw --force
 	$(BIN)/hoarfrost sim out/digits_cnn_hw $(DIGITS) --limit 100
+	$(BIN)/hoarfrost build out/digits_cnn_hw --board ulx3s-85f
 	$(BIN)/hoarfrost report out/digits_cnn_hw
 
-# The ULX3S bitstream of the demo's build (yosys, nextpnr and ecppack from PyPI's YoWASP).
+# Only the ULX3S bitstream of the demo's compile (again), e.g. with another --seed.
 bitstream: $(STAMP)
 	@test -f out/digits_cnn_hw/manifest.json || $(MAKE) demo
 	$(BIN)/hoarfrost build out/digits_cnn_hw --board ulx3s-85f
