@@ -21,7 +21,7 @@ DIGITS := --inputs $(EX)/digits_test_x.npy --labels $(EX)/digits_test_y.npy
 # (8 and 4-bit weights) and run the integer golden model against onnxruntime on the test split;
 # then compile the CNN for the ULX3S configuration (8x8 array), run 100 test images through the
 # accelerator's RTL in Verilator (every output checked against the golden model), build the
-# ULX3S bitstream (yosys + nextpnr from PyPI's YoWASP: about half an hour on 2 cores) and write
+# ULX3S bitstream (yosys + nextpnr from PyPI's YoWASP: about 20 minutes on 2 cores) and write
 # the HTML report with the simulation's and the build's figures.
 demo: $(STAMP)
 	@mkdir -p out
