@@ -11,16 +11,17 @@
 
 The host (:mod:`hoarfrost.firmware.host`) writes the firmware, the weights and the input into
 the memory over the UART, sets ``PROGRAM_ADDR``, pulses ``CTRL.start``, polls ``STATUS`` and
-reads the output and the counters back.
+reads the output and the counters back. The accelerator sees the memory as its DRAM through the
+same AXI4 port as in simulation (where cocotbext-axi's ``AxiRam`` serves it); on the ULX3S the
+memory may be the board's SDRAM (:class:`~hoarfrost.hw.sdram.AxiSdram`) instead.
 
 With a frozen front end the input does not go through the memory: the host starts the
 accelerator and then sends the image's pixels (all channels of a pixel together, raster order)
 with the link's ``STREAM`` request; :class:`PixelPacker` gathers each pixel's bytes into one
-beat of the frozen block's input, like a camera streaming into it::
+beat of the frozen block's input, like a camera streaming into it. Sparse engines sit behind
+the back end inside the accelerator (its firmware's ``SEND``/``RECVS``)::
 
-    UartHostLink --stream_out--> PixelPacker --pixels--> Accelerator (frozen -> back end)
- The accelerator sees the memory as its DRAM through
-the same AXI4 port as in simulation (where cocotbext-axi's ``AxiRam`` serves it).
+    UartHostLink --stream_out--> PixelPacker --pixels--> Accelerator (frozen -> back end -> sparse)
 
 LEDs: ``led 0`` lights while the accelerator runs.
 """
