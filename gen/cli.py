@@ -71,6 +71,19 @@ def check_labels(y: np.ndarray, count: int) -> np.ndarray:
     return y
 
 
+def load_images(graph: Graph, args) -> tuple[np.ndarray, np.ndarray | None]:
+    """``--inputs``, ``--labels`` (optional) and ``--limit`` (optional) of ``sim`` and ``run``:
+    the images and their labels, the first ``--limit`` of them."""
+    x = check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")
+    labels = check_labels(load_npy(args.labels, "--labels"), len(x)) if args.labels else None
+    if args.limit is not None:
+        if args.limit < 1:
+            raise HoarfrostError(f"--limit must be at least 1, not {args.limit!r}")
+        x = x[:args.limit]
+        labels = None if labels is None else labels[:args.limit]
+    return x, labels
+
+
 def emit(args, summary: dict, text: str) -> None:
     print(json.dumps(summary) if getattr(args, "json", False) else text)
 
@@ -325,13 +338,7 @@ def cmd_sim(args) -> int:
     out = Path(args.out)
     read_manifest(out)                         # a bad OUT is a one-line error before anything
     graph = load_model(str(out / "model_q.onnx"))
-    x = check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")
-    labels = check_labels(load_npy(args.labels, "--labels"), len(x)) if args.labels else None
-    if args.limit is not None:
-        if args.limit < 1:
-            raise HoarfrostError(f"--limit must be at least 1, not {args.limit!r}")
-        x = x[:args.limit]
-        labels = None if labels is None else labels[:args.limit]
+    x, labels = load_images(graph, args)
     if args.batch < 1:
         raise HoarfrostError(f"--batch must be at least 1, not {args.batch!r}")
     if not 0 <= args.dram_stall < 1:

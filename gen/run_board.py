@@ -55,7 +55,7 @@ def board_image(manifest: dict, x_int8: np.ndarray) -> bytes:
 
 def run(args) -> int:
     from hoarfrost.firmware.host import Device, DeviceError, LinkError, SerialTransport
-    from hoarfrost.gen.cli import check_inputs, check_labels, load_npy
+    from hoarfrost.gen.cli import load_images
     from hoarfrost.gen.onnx_import import import_onnx
     from hoarfrost.gen.outdir import read_manifest
     from hoarfrost.hw.board import board_counters
@@ -70,12 +70,7 @@ def run(args) -> int:
     if args.timeout <= 0:
         raise HoarfrostError(f"--timeout must be positive, not {args.timeout!r}")
     graph = import_onnx(out / "model_q.onnx")
-    x = check_inputs(graph, load_npy(args.inputs, "--inputs"), "--inputs")
-    labels = check_labels(load_npy(args.labels, "--labels"), len(x)) if args.labels else None
-    if args.limit is not None:
-        if args.limit < 1:
-            raise HoarfrostError(f"--limit must be at least 1, not {args.limit!r}")
-        x, labels = x[:args.limit], None if labels is None else labels[:args.limit]
+    x, labels = load_images(graph, args)
     x_int8 = quantize_input(graph, x)
     golden = run_int(graph, x_int8).reshape(len(x), -1)
     dram = manifest["dram"]
