@@ -39,7 +39,8 @@ import tempfile
 from pathlib import Path
 
 from hoarfrost import __version__
-from hoarfrost.firmware.isa import KEEP_PARAMS, NO_PARAMS, Op, decode, disassemble, encode
+from hoarfrost.firmware.isa import (KEEP_PARAMS, NO_PARAMS, IsaError, Op, check_compact_fields,
+                                    decode, disassemble, encode)
 from hoarfrost.gen.config import HardwareConfig
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import Graph, macs
@@ -176,6 +177,27 @@ def _tensor(graph: Graph, name: str) -> dict:
             "scale": q.scale, "zero_point": q.zero_point}
 
 
+def check_fields(program, config: HardwareConfig) -> None:
+    """Raise :class:`HoarfrostError` if the program's DRAM image (weights, tensors, firmware)
+    needs more address bits than the back end keeps (``dram_addr_bits``), or a field does not
+    fit a back end built with ``compact_fields``."""
+    backend = config.backend
+    firmware_end = -(-program.dram_bytes // 4) * 4 + len(encode(program.commands))
+    if firmware_end > 1 << backend.dram_addr_bits:
+        raise HoarfrostError(f"the DRAM image (weights, tensors and firmware) needs "
+                             f"{firmware_end} bytes, more than the back end's "
+                             f"{backend.dram_addr_bits} address bits reach "
+                             f"(dram_addr_bits = {backend.dram_addr_bits})")
+    if backend.compact_fields:
+        try:
+            check_compact_fields(program.commands, dram_bits=backend.dram_addr_bits,
+                                 scratch_bits=max(1, (config.scratch_bytes - 1).bit_length()),
+                                 weight_cache=backend.weight_cache_bytes > 0)
+        except IsaError as exc:
+            raise HoarfrostError(f"the firmware does not fit the back end's compact fields: "
+                                 f"{exc}") from None
+
+
 def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: dict,
                    force: bool = False, freeze: int | None = None, sparse: int | None = None,
                    sparse_density: float | None = None, codebook_bits: int = 4) -> dict:
@@ -227,7 +249,8 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
                      [layer for layer in back_graph.layers if layer.name not in names],
                      back_graph.quant, back_graph.name), config)
     try:
-        back_end_part(qgraph)                        # does it fit? before anything is written
+        # does it fit? before anything is written
+        check_fields(back_end_part(qgraph)[3], config)
     except HoarfrostError as exc:
         # the compiler names the limit to raise; say where it is set
         raise HoarfrostError(f"{exc} ([backend] of --config {config.name})") from None

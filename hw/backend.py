@@ -43,8 +43,8 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hoarfrost.firmware.isa import (FIELDS, KEEP_PARAMS, NO_PARAMS, POOL_AVG_PAD, POOL_MAX,
-                                    SIGNED, WCACHE, Op)
+from hoarfrost.firmware.isa import (FIELDS, POOL_AVG_PAD, POOL_MAX, SIGNED, WCACHE, Op,
+                                    field_bits)
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.gemm_engine import GemmEngine
 from hoarfrost.hw.line_buffer import pixel_layout
@@ -172,6 +172,16 @@ class BackEnd(wiring.Component):
     def config(self) -> BackendConfig:
         return self._config
 
+    def _field_width(self, index: int, scratch_bits: int) -> int:
+        """Bits of command-field register ``index``: 32, or with ``compact_fields`` the most
+        that any command's field in that place needs (:func:`field_bits`)."""
+        cfg = self._config
+        if not cfg.compact_fields:
+            return 32
+        return max(field_bits(op, names[index], dram_bits=cfg.dram_addr_bits,
+                              scratch_bits=scratch_bits, weight_cache=cfg.weight_cache_bytes > 0)
+                   for op, names in FIELDS.items() if index < len(names))
+
     def elaborate(self, platform):
         m = Module()
         cfg = self._config
@@ -201,14 +211,21 @@ class BackEnd(wiring.Component):
             return counters[name].eq(counters[name] + amount)
 
         # --- command registers ------------------------------------------------------------------
-        pc = Signal(32)
+        dab = cfg.dram_addr_bits      # bits of DRAM addresses and lengths kept
+        aw = len(s_rd.addr)           # bits of scratchpad addresses
+        pc = Signal(dab)
         op = Signal(8)
         n_fields = Signal(8)
-        fields = Array(Signal(32, name=f"field{i}") for i in range(MAX_FIELDS))
+        fields = Array(Signal(self._field_width(i, aw), name=f"field{i}")
+                       for i in range(MAX_FIELDS))
 
         def field(command: Op, name: str):
             value = fields[FIELDS[command].index(name)]
             return value.as_signed() if name in SIGNED else value
+
+        def no_params(value):
+            """``p_addr`` is ``NO_PARAMS``/``KEEP_PARAMS`` (all ones, in however many bits)."""
+            return value == (1 << len(value)) - 1
 
         geom_names = FIELDS[Op.GEOM]
         geom = {name: Signal(16, name=f"g_{name}") for name in geom_names}
@@ -216,7 +233,7 @@ class BackEnd(wiring.Component):
         # --- DRAM read side: one requester (this FSM), bytes assembled into words ------------
         word = Signal(32)
         byte_idx = Signal(2)
-        rd_left = Signal(32)          # bytes of the current read not yet received
+        rd_left = Signal(dab)         # bytes of the current read not yet received
         word_done = Signal()          # a whole little-endian word arrived this cycle
         take_word_bytes = Signal()    # the current state consumes rd_data as words
         m.d.comb += word_done.eq(take_word_bytes & self.rd_data.valid & (byte_idx == 3))
@@ -237,12 +254,13 @@ class BackEnd(wiring.Component):
         mt = Signal(16)
         nt = Signal(16)
         k_total = Signal(16)
-        hw_in = Signal(32)            # in_h * in_w
-        hw_out = Signal(32)           # out_h * out_w
+        # (compact fields: only their low aw bits are used as address steps)
+        hw_in = Signal(aw if cfg.compact_fields else 32)    # in_h * in_w
+        hw_out = Signal(aw if cfg.compact_fields else 32)   # out_h * out_w
         ox0 = Signal(16)
         n_tiles = Signal(16)
         k_tiles = Signal(16)
-        w_bytes = Signal(32)          # n_tiles * k_tiles * rows * cols: the MATMUL's weights
+        w_bytes = Signal(dab)         # n_tiles * k_tiles * rows * cols: the MATMUL's weights
         m.d.comb += [engine.m.eq(mt), engine.n.eq(nt), engine.k.eq(k_total),
                      engine.zero_point.eq(field(Op.MATMUL, "zp_in"))]
         engine_started = Signal()
@@ -251,7 +269,6 @@ class BackEnd(wiring.Component):
         # Nothing multiplies in the per-element loops: every address below is kept as a running
         # sum stepped by these strides. Scratchpad addresses are computed modulo 2**aw, which is
         # all the memory's address port keeps of them.
-        aw = len(s_rd.addr)
         mul_a, mul_b = Signal(max(16, aw)), Signal(max(16, aw))
         mul_p = Signal(32)            # low bits of mul_a * mul_b, two cycles after the operands
         m.d.sync += mul_p.eq(mul_a * mul_b)
@@ -402,7 +419,7 @@ class BackEnd(wiring.Component):
         # plus the byte taken this cycle), so a byte is there every cycle from the first.
         w_cached = Signal()           # this MATMUL's weights come from the weight cache
         wc_ptr = Signal(range(max(wcache_bytes, 2)))
-        wc_left = Signal(32)          # weight-cache bytes of this MATMUL not yet taken
+        wc_left = Signal(dab)          # weight-cache bytes of this MATMUL not yet taken
         wc_take = Signal()
         w_src_valid, w_src_byte, w_src_last = (
             Mux(w_cached, wc_left != 0, self.rd_data.valid),
@@ -536,7 +553,7 @@ class BackEnd(wiring.Component):
         b_term = Signal(32)           # b * mult_b
         a_mul = Signal()              # a_term and b_val taken: form b_term and a_sum
         a_push = Signal()             # a_sum + b_term waits for the requantizer
-        a_idx = Signal(32)
+        a_idx = Signal(dab)
         a_phase = Signal(4)           # add_shares_multiplier: one-hot step of the element behind
         a_taken = Signal()            # ... b taken (ADD_TAKE_B): the element's step 0 is next
 
@@ -573,8 +590,8 @@ class BackEnd(wiring.Component):
         r_active = Signal()           # the sequencer is in RECV
         r_have = Signal()             # r_beat holds a beat not yet fully written
         r_lane = Signal(range(max(self.stream_channels, 2)))
-        r_taken = Signal(32)          # beats accepted
-        r_written = Signal(32)        # beats written
+        r_taken = Signal(16 if cfg.compact_fields else 32)      # beats accepted
+        r_written = Signal(16 if cfg.compact_fields else 32)    # beats written
         r_pixel_addr = Signal(32)     # dst + index of the beat being written
         r_addr = Signal(32)           # dst + lane * pixels + index of the beat
         r_regs = {"active": r_active, "have": r_have, "lane": r_lane, "taken": r_taken,
@@ -584,7 +601,7 @@ class BackEnd(wiring.Component):
         # ======================================================================================
         # The sequencer.
         # ======================================================================================
-        copy_i = Signal(32)
+        copy_i = Signal(dab)
         param_i = Signal(16)          # parameter word being loaded
         param_words = Signal(16)
         param_rec = Signal(2)         # words per record: 3 (bias, mult, shift) or 2 (mult, shift)
@@ -789,7 +806,7 @@ class BackEnd(wiring.Component):
                 def mm_setup_done():
                     m.d.sync += [param_i.eq(0), param_words.eq((nt << 1) + nt), param_rec.eq(3),
                                  param_r.eq(0), param_slot.eq(0)]
-                    with m.If(field(Op.MATMUL, "p_addr") == KEEP_PARAMS):
+                    with m.If(no_params(field(Op.MATMUL, "p_addr"))):
                         m.next = "MM_START"     # the parameter buffer holds them already
                     with m.Else():
                         m.next = "MM_PARAMS_REQ"
@@ -909,16 +926,19 @@ class BackEnd(wiring.Component):
                 origin = field(Op.POOL, "src") - pt_in - geom["pad_left"]
                 m.d.sync += [p_c.eq(0), p_oy.eq(0), p_ox.eq(0), p_ky.eq(0), p_kx.eq(0),
                              p_phase.eq(0), p_count.eq(0), out_addr.eq(field(Op.POOL, "dst")),
-                             p_done.eq((geom["in_c"] == 0) | (hw_out == 0)),
+                             # (hw_out, of 16-bit factors, is 0 only when one of them is)
+                             p_done.eq((geom["in_c"] == 0) | ((geom["out_h"] == 0)
+                                       | (geom["out_w"] == 0) if cfg.compact_fields
+                                       else hw_out == 0)),
                              p_yb.eq(0), p_xb.eq(0),
                              p_chan0.eq(origin), p_row.eq(origin), p_win.eq(origin), p_toff.eq(0),
                              p_dky.eq(geom["in_w"] - geom["kw"] + 1),
                              p_acc.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, -128, 0)),
-                             p_rescale.eq(field(Op.POOL, "p_addr") != NO_PARAMS),
+                             p_rescale.eq(~no_params(field(Op.POOL, "p_addr"))),
                              param_i.eq(0), param_rec.eq(2), param_r.eq(0), param_slot.eq(1),
                              param_words.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, 2,
                                                 (khkw + 1) * 2))]
-                with m.If(field(Op.POOL, "p_addr") == NO_PARAMS):
+                with m.If(no_params(field(Op.POOL, "p_addr"))):
                     m.next = "POOL_RUN"
                 with m.Else():
                     m.next = "POOL_PARAMS_REQ"
@@ -1024,8 +1044,16 @@ class BackEnd(wiring.Component):
                             (x[:16], y[16:], lambda p: [zb.eq(zb + (p << 16))]),
                             (x[16:], y[:16], lambda p: [zb.eq(zb + (p << 16))])]
 
-                zp_a, mult_a = field(Op.ADD, "zp_a").as_unsigned(), field(Op.ADD, "mult_a")
-                zp_b, mult_b = field(Op.ADD, "zp_b").as_unsigned(), field(Op.ADD, "mult_b")
+                def unsigned32(value):
+                    """A signed field's two's complement in 32 bits (a compact one extended)."""
+                    if len(value) == 32:
+                        return value.as_unsigned()
+                    wide = Signal(signed(32))
+                    m.d.comb += wide.eq(value)
+                    return wide.as_unsigned()
+
+                zp_a, mult_a = unsigned32(field(Op.ADD, "zp_a")), field(Op.ADD, "mult_a")
+                zp_b, mult_b = unsigned32(field(Op.ADD, "zp_b")), field(Op.ADD, "mult_b")
                 if cfg.add_shares_multiplier:
                     products(low_product((zp_a + 128)[:32], mult_a, True)
                              + low_product((zp_b + 128)[:32], mult_b, False), add_setup_done)

@@ -59,6 +59,16 @@ class BackendConfig:
         Build the requantizer with its narrow saturating shifter
         (:class:`hoarfrost.hw.requant.Requantizer`'s ``saturating_shift``): the same results
         from fewer LUTs.
+    dram_addr_bits : int
+        Bits of DRAM byte addresses and transfer lengths the back end keeps (its program
+        counter, its transfer counters; the DRAM port's requests stay 32 bits, zero-extended).
+        A board with a small memory (the iCEBreaker's 64 KB) needs 17, not 32.
+    compact_fields : bool
+        Keep each command field in the bits its kind can need
+        (:func:`hoarfrost.firmware.isa.field_bits`: DRAM addresses in ``dram_addr_bits``,
+        scratchpad offsets in the scratchpad's address bits, activation values in 16), not in 32:
+        fewer flip-flops and narrower compares for a small FPGA. The compiler then checks every
+        field fits (:func:`hoarfrost.firmware.isa.check_compact_fields`).
     engine_keeps_counters : bool
         The GEMM engine counts on over its runs (``GemmEngine(keep_counters=True)``) and the
         back end's MAC and buffer counters are its, not sums the back end adds up at each
@@ -79,6 +89,8 @@ class BackendConfig:
     add_shares_multiplier: bool = False
     requant_saturating_shift: bool = False
     engine_keeps_counters: bool = False
+    dram_addr_bits: int = 32
+    compact_fields: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "a_depth", "acc_depth"):
@@ -100,7 +112,11 @@ class BackendConfig:
                              f"{self.weight_cache_bytes!r}")
         if self.counter_width < 16:
             raise ValueError(f"counter_width must be at least 16, not {self.counter_width!r}")
-        for name in ("add_shares_multiplier", "requant_saturating_shift", "engine_keeps_counters"):
+        if not isinstance(self.dram_addr_bits, int) or not 16 <= self.dram_addr_bits <= 32:
+            raise ValueError(f"dram_addr_bits must be an integer from 16 to 32, not "
+                             f"{self.dram_addr_bits!r}")
+        for name in ("add_shares_multiplier", "requant_saturating_shift", "engine_keeps_counters",
+                     "compact_fields"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, not {getattr(self, name)!r}")
 
@@ -146,7 +162,8 @@ DEFAULT = BackendConfig()
 #: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers, no weight cache.
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
                                  acc_depth=64, weight_cache_bytes=0, add_shares_multiplier=True,
-                                 requant_saturating_shift=True, engine_keeps_counters=True)
+                                 requant_saturating_shift=True, engine_keeps_counters=True,
+                                 dram_addr_bits=17, compact_fields=True, counter_width=24)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

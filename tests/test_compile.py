@@ -406,3 +406,26 @@ def test_debug_firmware_stores_every_layer_output(examples, cnn_out):
     for index, addr, size in dumps:
         want = values[graph.layers[index].output].reshape(-1)
         assert machine.dram[addr:addr + size].view(np.int8).tolist() == want.tolist()
+
+
+def test_a_firmware_past_the_back_ends_address_bits_or_compact_fields_is_an_error():
+    """The iCEBreaker's back end keeps 17 address bits and compact fields: the compiler checks
+    the DRAM image and every field before anything is written."""
+    import dataclasses
+    import types
+
+    from hoarfrost.gen.outdir import check_fields
+    board = PRESETS["icebreaker"]
+    assert board.backend.dram_addr_bits == 17 and board.backend.compact_fields
+    program = types.SimpleNamespace(dram_bytes=1000, commands=assemble("end"))
+    check_fields(program, board)
+    with pytest.raises(HoarfrostError, match="needs 131076 bytes, more than the back end's 17 "
+                                             "address bits reach"):
+        check_fields(types.SimpleNamespace(dram_bytes=131072, commands=assemble("end")), board)
+    far = assemble("load dram_addr=200000 dst=0 length=4")
+    with pytest.raises(HoarfrostError, match="compact fields: command 0 .LOAD.: dram_addr = "
+                                             "200000 does not fit the back end's 17-bit field"):
+        check_fields(types.SimpleNamespace(dram_bytes=0, commands=far), board)
+    wide = dataclasses.replace(board, backend=dataclasses.replace(
+        board.backend, dram_addr_bits=32, compact_fields=False))
+    check_fields(types.SimpleNamespace(dram_bytes=0, commands=far), wide)

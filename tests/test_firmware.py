@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from hoarfrost.firmware.isa import (IsaError, Op, assemble, decode, disassemble, encode,
-                                    weight_tiles, weight_untiles)
+from hoarfrost.firmware.isa import (IsaError, Op, assemble, check_compact_fields, decode,
+                                    disassemble, encode, field_bits, weight_tiles, weight_untiles)
 from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.onnx_import import import_onnx
@@ -20,6 +20,41 @@ from hoarfrost.sim.golden import quantize_input, run_int
 from hoarfrost.sim.isa_sim import IsaMachine, run_program
 from onnx_models import ModelBuilder
 from test_golden_onnxruntime import import_onnx_bytes
+
+
+COMPACT = dict(dram_bits=17, scratch_bits=13, weight_cache=False)
+
+
+def test_compact_fields_keep_the_bits_of_their_kind():
+    assert field_bits(Op.LOAD, "dram_addr", **COMPACT) == 17
+    assert field_bits(Op.LOAD, "dst", **COMPACT) == 13           # a scratchpad offset
+    assert field_bits(Op.LOADW, "dst", **COMPACT) == 17          # a weight-cache offset
+    assert field_bits(Op.MATMUL, "w_addr", **COMPACT) == 17
+    assert field_bits(Op.MATMUL, "w_addr", **{**COMPACT, "weight_cache": True}) == 32  # WCACHE
+    assert field_bits(Op.ADD, "mult_a", **COMPACT) == 32
+    assert field_bits(Op.ADD, "zp_a", **COMPACT) == 16
+    assert field_bits(Op.GEOM, "in_w", **COMPACT) == 16
+    assert field_bits(Op.SEND, "engine", **COMPACT) == 8
+    check_compact_fields(assemble(
+        "load dram_addr=131071 dst=8191 length=131071\n"
+        "pool src=0 dst=0 kind=0 zp_in=-32768 lo_in=-128 hi_in=32767 p_addr=0xFFFFFFFF zp_out=0\n"
+        "matmul src=0 dst=0 zp_in=0 c0=0 cg=1 m0=0 mt=1 n0=0 nt=1 w_addr=0 p_addr=0xFFFFFFFF "
+        "lo=-128 hi=127 zp_out=0"), **COMPACT)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("load dram_addr=131072 dst=0 length=1",
+     "command 0 (LOAD): dram_addr = 131072 does not fit the back end's 17-bit field"),
+    ("sync\nadd src_a=0 src_b=0 dst=0 length=1 zp_a=-32769 zp_b=0 mult_a=1 mult_b=1 shift=0 "
+     "zp_out=0 lo=0 hi=0", "command 1 (ADD): zp_a = -32769 does not fit the back end's 16-bit"),
+    ("geom in_c=1 in_h=65536 in_w=1 out_h=1 out_w=1 kh=1 kw=1 sh=1 sw=1 pad_top=0 pad_left=0 "
+     "pad_bottom=0 pad_right=0 dh=1 dw=1", "in_h = 65536"),
+    ("pool src=0 dst=0 kind=0 zp_in=0 lo_in=0 hi_in=0 p_addr=131071 zp_out=0",
+     "p_addr = 131071 reads as NO_PARAMS in the back end's 17-bit field"),
+])
+def test_a_field_a_compact_back_end_would_not_keep_is_an_error(text, message):
+    with pytest.raises(IsaError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_compact_fields(assemble(text), **COMPACT)
 
 
 def test_assemble_disassemble_encode_decode_round_trip():
