@@ -352,9 +352,12 @@ class BackEnd(wiring.Component):
         # src + (c0 + c) * hw_in + iy * in_w + ix, one add of running sums.
         y, x = Signal(20), Signal(20)                   # iy + pad_top, ix + pad_left
         m.d.comb += [y.eq(g_yb + g_kyd), x.eq(g_xb + g_kxd)]
+        # (POOL's taps use the same registers, positions and bounds: see POOL_RUN)
+        window_outside = Signal()     # the position (y, x) is padding
+        m.d.comb += window_outside.eq((y < geom["pad_top"]) | (x < geom["pad_left"])
+                                      | (y >= y_end) | (x >= x_end))
         g_outside = Signal()
-        m.d.comb += g_outside.eq((g_k >= k_total) | (y < geom["pad_top"]) | (x < geom["pad_left"])
-                                 | (y >= y_end) | (x >= x_end))
+        m.d.comb += g_outside.eq((g_k >= k_total) | window_outside)
         g_addr = Signal(aw)
         m.d.comb += g_addr.eq(g_pix + g_koff)
 
@@ -515,34 +518,20 @@ class BackEnd(wiring.Component):
         # ======================================================================================
         # The scalar unit: POOL and ADD, one element at a time.
         # ======================================================================================
-        p_c, p_oy, p_ox, p_ky, p_kx = (Signal(16, name=f"p_{n}") for n in ("c", "oy", "ox", "ky", "kx"))
         p_done = Signal()             # every window has been pushed
         p_acc = Signal(signed(32))
         p_count = Signal(16)
-        p_mult = Signal(32)           # MAX rescale pair, read before the loop
-        p_shift = Signal(32)
         p_rescale = Signal()
         p_phase = Signal(3)           # 0: address tap, 1: read, 2: take tap, 3: table, 4: push
-        # p_iy = oy * sh + ky - pad_top, p_ix likewise, from the window's origin p_yb = oy * sh,
-        # p_xb = ox * sw (saturating, as the gatherer's); the tap's address
-        # src + c * hw_in + p_iy * in_w + p_ix is p_win + p_toff, running sums: p_chan0
-        # is the window origin's address at oy = ox = 0, p_row at ox = 0, p_win the window's,
-        # p_toff = ky * in_w + kx the tap's offset in it.
-        p_yb, p_xb = Signal(19), Signal(19)
-        p_chan0, p_row, p_win, p_toff, p_dky = (Signal(aw, name=n) for n in (
-            "p_chan0", "p_row", "p_win", "p_toff", "p_dky"))
-        p_y, p_x = Signal(20), Signal(20)               # p_iy + pad_top, p_ix + pad_left
-        m.d.comb += [p_y.eq(p_yb + p_ky), p_x.eq(p_xb + p_kx)]
-        p_inside = Signal()
-        p_counted = Signal()
-        m.d.comb += [
-            p_inside.eq((p_y >= geom["pad_top"]) & (p_x >= geom["pad_left"])
-                        & (p_y < y_end) & (p_x < x_end)),
-            # (p_iy + pad_top >= 0 always)
-            p_counted.eq((p_y < y_pad_end) & (p_x < x_pad_end)),
-        ]
-        p_addr = Signal(aw)
-        m.d.comb += p_addr.eq(p_win + p_toff)
+        # A window's taps run on the gatherer's registers (a MATMUL and a POOL never overlap):
+        # channel g_kt, output row g_m, column g_ox; the tap (ky, kx) in g_lane, stepped by
+        # k_step as a MATMUL's k is (so dilation works as it does there); the window's origin
+        # g_yb = oy * sh, g_xb = ox * sw, and so the same position (y, x) and padding bounds.
+        # The tap's address src + c * hw_in + iy * in_w + ix is g_pix + g_koff: mm_row0 holds
+        # the window origin's address at oy = ox = 0 of channel c, g_row at ox = 0, g_pix the
+        # window's, g_koff the tap's offset in it.
+        p_counted = Signal()          # the tap counts for POOL_AVG_PAD: inside the explicit pads
+        m.d.comb += p_counted.eq((y < y_pad_end) & (x < x_pad_end))   # (y, x >= 0 always)
         # ADD, low 32 bits (all the requantizer's acc keeps) of
         # (a - zp_a) * mult_a + (b - zp_b) * mult_b = a_term + b * mult_b - zb
         a_first = Signal(signed(9))   # a - zp_a, kept while b is read
@@ -924,15 +913,14 @@ class BackEnd(wiring.Component):
             with m.State("POOL_SETUP"):
                 m.d.sync += count("pool_cycles")
                 origin = field(Op.POOL, "src") - pt_in - geom["pad_left"]
-                m.d.sync += [p_c.eq(0), p_oy.eq(0), p_ox.eq(0), p_ky.eq(0), p_kx.eq(0),
+                m.d.sync += [g_kt.eq(0), g_m.eq(0), g_ox.eq(0), *(lane.eq(0) for lane in g_lane),
                              p_phase.eq(0), p_count.eq(0), out_addr.eq(field(Op.POOL, "dst")),
                              # (hw_out, of 16-bit factors, is 0 only when one of them is)
                              p_done.eq((geom["in_c"] == 0) | ((geom["out_h"] == 0)
                                        | (geom["out_w"] == 0) if cfg.compact_fields
                                        else hw_out == 0)),
-                             p_yb.eq(0), p_xb.eq(0),
-                             p_chan0.eq(origin), p_row.eq(origin), p_win.eq(origin), p_toff.eq(0),
-                             p_dky.eq(geom["in_w"] - geom["kw"] + 1),
+                             g_yb.eq(0), g_xb.eq(0),
+                             mm_row0.eq(origin), g_row.eq(origin), g_pix.eq(origin),
                              p_acc.eq(Mux(field(Op.POOL, "kind") == POOL_MAX, -128, 0)),
                              p_rescale.eq(~no_params(field(Op.POOL, "p_addr"))),
                              param_i.eq(0), param_rec.eq(2), param_r.eq(0), param_slot.eq(1),
@@ -952,36 +940,34 @@ class BackEnd(wiring.Component):
                 m.d.sync += count("pool_cycles")
                 kind = field(Op.POOL, "kind")
                 is_max = kind == POOL_MAX
-                last_tap = (p_kx + 1 == geom["kw"]) & (p_ky + 1 == geom["kh"])
+                last_tap = (g_kx + 1 == geom["kw"]) & (g_ky + 1 == geom["kh"])
+                inside = ~window_outside
                 with m.If(p_done):
                     with m.If(rq_inflight == 0):
                         m.next = "FETCH"
                 with m.Elif(p_phase == 0):
                     # request the tap (a padded tap needs no read)
-                    m.d.sync += [s_rd_addr.eq(p_addr), p_phase.eq(1)]
-                    with m.If(p_inside):
+                    m.d.sync += [s_rd_addr.eq(g_addr), p_phase.eq(1)]
+                    with m.If(inside):
                         m.d.sync += count("scratch_reads")
                 with m.Elif(p_phase == 1):
                     # the read port holds the tap now (address was registered last cycle) -> wait one more
                     m.d.sync += p_phase.eq(2)
                 with m.Elif(p_phase == 2):
                     value = s_rd.data
-                    with m.If(p_inside):
+                    with m.If(inside):
                         with m.If(is_max):
                             with m.If(value > p_acc):
                                 m.d.sync += p_acc.eq(value)
                         with m.Else():
                             m.d.sync += p_acc.eq(p_acc + value - field(Op.POOL, "zp_in"))
-                    with m.If(Mux(kind == POOL_AVG_PAD, p_counted, p_inside)):
+                    with m.If(Mux(kind == POOL_AVG_PAD, p_counted, inside)):
                         m.d.sync += p_count.eq(p_count + 1)
                     with m.If(last_tap):
                         m.d.sync += p_phase.eq(3)
                     with m.Else():
-                        m.d.sync += p_phase.eq(0)
-                        with m.If(p_kx + 1 == geom["kw"]):
-                            m.d.sync += [p_kx.eq(0), p_ky.eq(p_ky + 1), p_toff.eq(p_toff + p_dky)]
-                        with m.Else():
-                            m.d.sync += [p_kx.eq(p_kx + 1), p_toff.eq(p_toff + 1)]
+                        m.d.sync += [p_phase.eq(0),
+                                     *(lane.eq(v) for lane, v in zip(g_lane, k_step(*g_lane)))]
                 with m.Elif(p_phase == 3):
                     # the table entry for this window's element count is read next cycle
                     m.d.comb += [mult_rd.addr.eq(Mux(is_max, 0, p_count)),
@@ -1011,23 +997,22 @@ class BackEnd(wiring.Component):
                                      unit_payload.zero_point.eq(field(Op.POOL, "zp_out")),
                                      unit_payload.lo.eq(lo_in), unit_payload.hi.eq(hi_in)]
                     with m.If(rq.i_stream.ready):
-                        m.d.sync += [p_phase.eq(0), p_kx.eq(0), p_ky.eq(0), p_count.eq(0),
-                                     p_toff.eq(0), p_acc.eq(Mux(is_max, -128, 0))]
-                        with m.If(p_ox + 1 == geom["out_w"]):
-                            m.d.sync += [p_ox.eq(0), p_xb.eq(0)]
-                            with m.If(p_oy + 1 == geom["out_h"]):
-                                m.d.sync += [p_oy.eq(0), p_c.eq(p_c + 1),
-                                             p_yb.eq(0),
-                                             p_chan0.eq(p_chan0 + hw_in), p_row.eq(p_chan0 + hw_in),
-                                             p_win.eq(p_chan0 + hw_in)]
-                                with m.If(p_c + 1 == geom["in_c"]):
+                        m.d.sync += [p_phase.eq(0), *(lane.eq(0) for lane in g_lane),
+                                     p_count.eq(0), p_acc.eq(Mux(is_max, -128, 0))]
+                        with m.If(g_ox + 1 == geom["out_w"]):
+                            m.d.sync += [g_ox.eq(0), g_xb.eq(0)]
+                            with m.If(g_m + 1 == geom["out_h"]):
+                                m.d.sync += [g_m.eq(0), g_kt.eq(g_kt + 1), g_yb.eq(0),
+                                             mm_row0.eq(mm_row0 + hw_in),
+                                             g_row.eq(mm_row0 + hw_in), g_pix.eq(mm_row0 + hw_in)]
+                                with m.If(g_kt + 1 == geom["in_c"]):
                                     m.d.sync += p_done.eq(1)
                             with m.Else():
-                                m.d.sync += [p_oy.eq(p_oy + 1), p_yb.eq(sat(p_yb + geom["sh"])),
-                                             p_row.eq(p_row + sh_in), p_win.eq(p_row + sh_in)]
+                                m.d.sync += [g_m.eq(g_m + 1), g_yb.eq(sat(g_yb + geom["sh"])),
+                                             g_row.eq(g_row + sh_in), g_pix.eq(g_row + sh_in)]
                         with m.Else():
-                            m.d.sync += [p_ox.eq(p_ox + 1), p_xb.eq(sat(p_xb + geom["sw"])),
-                                         p_win.eq(p_win + geom["sw"])]
+                            m.d.sync += [g_ox.eq(g_ox + 1), g_xb.eq(sat(g_xb + geom["sw"])),
+                                         g_pix.eq(g_pix + geom["sw"])]
 
             # ---- ADD ------------------------------------------------------------------------
             with m.State("ADD_SETUP"):

@@ -338,3 +338,35 @@ def test_window_positions_past_every_bound_read_as_padding():
     assert np.array_equal(stored[:4], run_int(qgraph, x)[0][0, 0])
     assert np.all(stored[4:] == padding)
     assert counters["scratch_reads"] == 4 + 32      # row 0's taps, then the STORE
+
+
+@pytest.mark.parametrize("pool, pads", [("MaxPool", [1, 1, 0, 0]), ("AveragePool", [1, 0, 1, 1])])
+def test_dilated_pooling_windows_run_as_the_isa_simulator_says(pool, pads):
+    """POOL reads the geometry's dilation as MATMUL does: its taps step on the gatherer's
+    registers. The compiler emits dilation 1 (ONNX pools with dilations are refused on import),
+    so the firmware is edited by hand to dilation 2 and checked against the ISA simulator."""
+    from hoarfrost.sim.isa_sim import run_program
+    b = ModelBuilder((2, 7, 7), seed=5)
+    b.conv(2, 2, 1)
+    b.op(pool, [b.last], kernel_shape=[2, 2], strides=[1, 1], pads=pads)
+    rng = np.random.default_rng(5)
+    qgraph = quantize(import_onnx_bytes(b.finish()),
+                      rng.normal(0, 1, (16, 2, 7, 7)).astype(np.float32), 8)
+    x = quantize_input(qgraph, rng.normal(0, 1, (1, 2, 7, 7)).astype(np.float32))
+
+    def dilate_the_pool(commands):
+        at = next(i for i, c in enumerate(commands) if c.op == Op.POOL)
+        geom = dict(commands[at - 1].fields)
+        assert commands[at - 1].op == Op.GEOM and (geom["dh"], geom["dw"]) == (1, 1)
+        out_h = geom["in_h"] + geom["pad_top"] + geom["pad_bottom"] - 3 + 1
+        out_w = geom["in_w"] + geom["pad_left"] + geom["pad_right"] - 3 + 1
+        commands[at - 1] = Command.make(Op.GEOM, **{**geom, "dh": 2, "dw": 2, "out_h": out_h,
+                                                    "out_w": out_w})
+        return commands
+
+    out, counters, program = run_backend(qgraph, x[0], stall_prob=0.2, seed=5,
+                                         edit=dilate_the_pool)
+    expected = run_program(program, x[0], CompileLimits.for_backend(SMALL, 2048, 16))
+    assert np.array_equal(out, expected)
+    # the edited windows differ from the undilated network's
+    assert not np.array_equal(out, run_int(qgraph, x)[0])
