@@ -119,7 +119,7 @@ POOL_MAX, POOL_AVG, POOL_AVG_PAD = 0, 1, 2
 
 #: What each field holds, which sets the bits a back end built with compact fields keeps of
 #: it (:func:`field_bits`): ``dram`` byte addresses and lengths in DRAM, ``scratch`` scratchpad
-#: byte offsets, ``index`` shapes, counts and positions (16 bits, as the geometry registers),
+#: byte offsets, ``index`` shapes, counts and positions (as the geometry registers),
 #: ``value`` signed activation values (zero points, clamps), ``word`` 32-bit operands, ``small``
 #: selectors and shift amounts. ``LOADW.dst``, an offset in the weight cache, is ``dram``.
 FIELD_KINDS: dict[str, str] = {
@@ -132,30 +132,33 @@ FIELD_KINDS: dict[str, str] = {
                      "pad_left", "pad_bottom", "pad_right", "dh", "dw", "c0", "cg", "m0", "mt",
                      "n0", "nt", "pixels"), "index"),
 }
-#: Bits kept of each kind that does not depend on the memories' sizes.
-KIND_BITS = {"index": 16, "value": 16, "word": 32, "small": 8}
+#: Bits kept of each kind that does not depend on the configuration.
+KIND_BITS = {"value": 16, "word": 32, "small": 8}
 
 
-def field_bits(op: Op, name: str, *, dram_bits: int, scratch_bits: int,
-               weight_cache: bool) -> int:
+def field_bits(op: Op, name: str, *, dram_bits: int, scratch_bits: int, weight_cache: bool,
+               index_bits: int = 16) -> int:
     """Bits of field ``name`` of ``op`` that a back end with compact fields keeps: DRAM
     addresses in ``dram_bits`` (``MATMUL.w_addr`` all 32 with a weight cache, for its ``WCACHE``
-    bit), scratchpad offsets in ``scratch_bits``. A signed field keeps its value two's
-    complement in that many bits; ``NO_PARAMS``/``KEEP_PARAMS`` is kept as all ones."""
+    bit), scratchpad offsets in ``scratch_bits``, shapes and counts in ``index_bits``. A signed
+    field keeps its value two's complement in that many bits; ``NO_PARAMS``/``KEEP_PARAMS`` is
+    kept as all ones."""
     kind = "dram" if (op, name) == (Op.LOADW, "dst") else FIELD_KINDS[name]
     if kind == "dram":
         return 32 if (op, name) == (Op.MATMUL, "w_addr") and weight_cache else dram_bits
+    if kind == "index":
+        return index_bits
     return scratch_bits if kind == "scratch" else KIND_BITS[kind]
 
 
 def check_compact_fields(commands: list[Command], *, dram_bits: int, scratch_bits: int,
-                         weight_cache: bool) -> None:
+                         weight_cache: bool, index_bits: int = 16) -> None:
     """Raise :class:`IsaError` naming the first field whose value a back end with compact fields
     would not keep (see :func:`field_bits`)."""
     for index, command in enumerate(commands):
         for name, value in command.fields:
             bits = field_bits(command.op, name, dram_bits=dram_bits, scratch_bits=scratch_bits,
-                              weight_cache=weight_cache)
+                              weight_cache=weight_cache, index_bits=index_bits)
             if name == "p_addr" and value == NO_PARAMS:
                 continue
             if name == "p_addr" and value == (1 << bits) - 1:

@@ -192,7 +192,8 @@ def check_fields(program, config: HardwareConfig) -> None:
         try:
             check_compact_fields(program.commands, dram_bits=backend.dram_addr_bits,
                                  scratch_bits=max(1, (config.scratch_bytes - 1).bit_length()),
-                                 weight_cache=backend.weight_cache_bytes > 0)
+                                 weight_cache=backend.weight_cache_bytes > 0,
+                                 index_bits=backend.index_bits)
         except IsaError as exc:
             raise HoarfrostError(f"the firmware does not fit the back end's compact fields: "
                                  f"{exc}") from None

@@ -179,7 +179,8 @@ class BackEnd(wiring.Component):
         if not cfg.compact_fields:
             return 32
         return max(field_bits(op, names[index], dram_bits=cfg.dram_addr_bits,
-                              scratch_bits=scratch_bits, weight_cache=cfg.weight_cache_bytes > 0)
+                              scratch_bits=scratch_bits, weight_cache=cfg.weight_cache_bytes > 0,
+                              index_bits=cfg.index_bits)
                    for op, names in FIELDS.items() if index < len(names))
 
     def elaborate(self, platform):
@@ -212,6 +213,7 @@ class BackEnd(wiring.Component):
 
         # --- command registers ------------------------------------------------------------------
         dab = cfg.dram_addr_bits      # bits of DRAM addresses and lengths kept
+        ib = cfg.index_bits           # bits of shapes, counts and indices
         aw = len(s_rd.addr)           # bits of scratchpad addresses
         pc = Signal(dab)
         op = Signal(8)
@@ -228,7 +230,7 @@ class BackEnd(wiring.Component):
             return value == (1 << len(value)) - 1
 
         geom_names = FIELDS[Op.GEOM]
-        geom = {name: Signal(16, name=f"g_{name}") for name in geom_names}
+        geom = {name: Signal(ib, name=f"g_{name}") for name in geom_names}
 
         # --- DRAM read side: one requester (this FSM), bytes assembled into words ------------
         word = Signal(32)
@@ -251,15 +253,15 @@ class BackEnd(wiring.Component):
                     self.rd_cmd.payload.length.eq(length)]
 
         # --- engine control -------------------------------------------------------------------
-        mt = Signal(16)
-        nt = Signal(16)
-        k_total = Signal(16)
+        mt = Signal(ib)
+        nt = Signal(ib)
+        k_total = Signal(ib)
         # (compact fields: only their low aw bits are used as address steps)
         hw_in = Signal(aw if cfg.compact_fields else 32)    # in_h * in_w
         hw_out = Signal(aw if cfg.compact_fields else 32)   # out_h * out_w
-        ox0 = Signal(16)
-        n_tiles = Signal(16)
-        k_tiles = Signal(16)
+        ox0 = Signal(ib)
+        n_tiles = Signal(ib)
+        k_tiles = Signal(ib)
         w_bytes = Signal(dab)         # n_tiles * k_tiles * rows * cols: the MATMUL's weights
         m.d.comb += [engine.m.eq(mt), engine.n.eq(nt), engine.k.eq(k_total),
                      engine.zero_point.eq(field(Op.MATMUL, "zp_in"))]
@@ -273,7 +275,7 @@ class BackEnd(wiring.Component):
         mul_p = Signal(32)            # low bits of mul_a * mul_b, two cycles after the operands
         m.d.sync += mul_p.eq(mul_a * mul_b)
         setup_step = Signal(4)
-        khkw = Signal(16)             # kh * kw
+        khkw = Signal(ib)             # kh * kw
         sh_in = Signal(aw)            # sh * in_w: address step of one output row
         dh_in = Signal(aw)            # dh * in_w: address step of one kernel row
         pt_in = Signal(aw)            # pad_top * in_w
@@ -282,10 +284,11 @@ class BackEnd(wiring.Component):
         o_tstride = Signal(aw)        # cols * hw_out: output address step of one N tile
         # Window bounds. A position is kept as oy * sh + ky * dh (and the x twin), which is
         # outside below pad_top and from in_h + pad_top on; it saturates at SAT, past every
-        # bound (sums of three 16-bit registers), so narrow sums decide exactly as wide ones.
-        SAT = 1 << 18
-        y_end, x_end = Signal(18), Signal(18)       # in_h + pad_top, in_w + pad_left
-        y_pad_end, x_pad_end = Signal(18), Signal(18)   # ... + pad_bottom, ... + pad_right
+        # bound (sums of three index_bits-wide registers), so narrow sums decide exactly as
+        # wide ones. (With 16-bit indices: 18-bit bounds, 19-bit positions, 20-bit sums.)
+        SAT = 1 << (ib + 2)
+        y_end, x_end = Signal(ib + 2), Signal(ib + 2)       # in_h + pad_top, in_w + pad_left
+        y_pad_end, x_pad_end = Signal(ib + 2), Signal(ib + 2)   # ... + pad_bottom, + pad_right
 
         def sat(value):
             return Mux(value >= SAT, SAT, value)
@@ -321,13 +324,13 @@ class BackEnd(wiring.Component):
         # The gatherer: activation rows for the engine (MATMUL).
         # ======================================================================================
         g_active = Signal()
-        g_kt = Signal(16)
-        g_m = Signal(16)
+        g_kt = Signal(ib)
+        g_m = Signal(ib)
         g_r = Signal(range(R + 1))
-        g_ox = Signal(16)
+        g_ox = Signal(ib)
         # The lane's k as (c, ky, kx) in strength-reduced terms: ky and kx, ky * dh and kx * dw
         # (saturating, for the bounds) and its address offset c * hw_in + ky * dh_in + kx * dw.
-        lane_shapes = {"ky": 16, "kx": 16, "kyd": 19, "kxd": 19, "koff": aw}
+        lane_shapes = {"ky": ib, "kx": ib, "kyd": ib + 3, "kxd": ib + 3, "koff": aw}
         g_lane = [Signal(w, name=f"g_{n}") for n, w in lane_shapes.items()]
         g_base = [Signal(w, name=f"g_base_{n}") for n, w in lane_shapes.items()]
         g_next = [Signal(w, name=f"g_next_{n}") for n, w in lane_shapes.items()]
@@ -335,12 +338,12 @@ class BackEnd(wiring.Component):
         # The pixel: yb = oy * sh and xb = ox * sw (saturating), pix the address of its
         # window's first tap in channel c0, row that of the row's first pixel; mm_* are the
         # first pixel's, where every K tile starts again.
-        g_yb, g_xb, mm_yb0, mm_xb0 = (Signal(19, name=n)
+        g_yb, g_xb, mm_yb0, mm_xb0 = (Signal(ib + 3, name=n)
                                       for n in ("g_yb", "g_xb", "mm_yb0", "mm_xb0"))
         g_row, g_pix, mm_row0, mm_pix0 = (Signal(aw, name=n)
                                           for n in ("g_row", "g_pix", "mm_row0", "mm_pix0"))
-        g_k = Signal(16)              # k of the lane being requested
-        g_kbase = Signal(16)
+        g_k = Signal(ib)              # k of the lane being requested
+        g_kbase = Signal(ib)
         g_pend = Signal()
         g_pend_lane = Signal(range(R))
         g_pend_pad = Signal()
@@ -350,7 +353,7 @@ class BackEnd(wiring.Component):
         zp_in = field(Op.MATMUL, "zp_in")
         # iy = oy * sh + ky * dh - pad_top, ix likewise; the address is
         # src + (c0 + c) * hw_in + iy * in_w + ix, one add of running sums.
-        y, x = Signal(20), Signal(20)                   # iy + pad_top, ix + pad_left
+        y, x = Signal(ib + 4), Signal(ib + 4)           # iy + pad_top, ix + pad_left
         m.d.comb += [y.eq(g_yb + g_kyd), x.eq(g_xb + g_kxd)]
         # (POOL's taps use the same registers, positions and bounds: see POOL_RUN)
         window_outside = Signal()     # the position (y, x) is padding
@@ -452,14 +455,14 @@ class BackEnd(wiring.Component):
         # The bias feeder: ``cols`` biases per N tile from the parameter buffer.
         # ======================================================================================
         b_active = Signal()
-        b_tile = Signal(16)
+        b_tile = Signal(ib)
         b_lane = Signal(range(C + 1))
         b_pend = Signal()
         b_pend_lane = Signal(range(C))
         b_pend_zero = Signal()
         b_beat = Signal(cfg.acc_width * C)
         b_full = Signal()
-        b_n = Signal(16)              # channel of the lane being requested (tile * cols + lane)
+        b_n = Signal(ib)              # channel of the lane being requested (tile * cols + lane)
         m.d.comb += [engine.bias_stream.valid.eq(b_full), engine.bias_stream.payload.eq(b_beat),
                      bias_rd.addr.eq(b_n)]
         with m.If(b_active & ~b_full):
@@ -481,9 +484,9 @@ class BackEnd(wiring.Component):
         d_beat = Signal(cfg.acc_width * C)
         d_have = Signal()
         d_lane = Signal(range(C + 1))
-        d_n = Signal(16)              # channel of d_lane
-        d_tile_n = Signal(16)         # first channel of the current N tile
-        d_m = Signal(16)
+        d_n = Signal(ib)              # channel of d_lane
+        d_tile_n = Signal(ib)         # first channel of the current N tile
+        d_m = Signal(ib)
         d_addr_phase = Signal()       # parameters for d_n are being read this cycle
         drain_rq = Signal()           # the drain drives the requantizer input
         m.d.comb += [engine.o_stream.ready.eq(engine_started & ~d_have),
@@ -507,9 +510,9 @@ class BackEnd(wiring.Component):
                     m.d.sync += [d_lane.eq(d_lane + 1), d_n.eq(d_n + 1), d_addr_phase.eq(1)]
 
         # MATMUL write pointer, advanced in the drain's order (channel-major within a pixel).
-        w_n = Signal(16)              # channel of the next result leaving the requantizer
-        w_tile_n = Signal(16)
-        w_m = Signal(16)
+        w_n = Signal(ib)              # channel of the next result leaving the requantizer
+        w_tile_n = Signal(ib)
+        w_m = Signal(ib)
         # Its address dst + (n0 + w_n) * hw_out + m0 + w_m, as running sums: o_tile at the N
         # tile's first channel and pixel, o_pix at w_m's first channel, o_addr at w_n.
         o_base, o_tile, o_pix, o_addr = (Signal(aw, name=n)
@@ -520,7 +523,7 @@ class BackEnd(wiring.Component):
         # ======================================================================================
         p_done = Signal()             # every window has been pushed
         p_acc = Signal(signed(32))
-        p_count = Signal(16)
+        p_count = Signal(ib)
         p_rescale = Signal()
         p_phase = Signal(3)           # 0: address tap, 1: read, 2: take tap, 3: table, 4: push
         # A window's taps run on the gatherer's registers (a MATMUL and a POOL never overlap):
@@ -579,8 +582,8 @@ class BackEnd(wiring.Component):
         r_active = Signal()           # the sequencer is in RECV
         r_have = Signal()             # r_beat holds a beat not yet fully written
         r_lane = Signal(range(max(self.stream_channels, 2)))
-        r_taken = Signal(16 if cfg.compact_fields else 32)      # beats accepted
-        r_written = Signal(16 if cfg.compact_fields else 32)    # beats written
+        r_taken = Signal(ib if cfg.compact_fields else 32)      # beats accepted
+        r_written = Signal(ib if cfg.compact_fields else 32)    # beats written
         r_pixel_addr = Signal(32)     # dst + index of the beat being written
         r_addr = Signal(32)           # dst + lane * pixels + index of the beat
         r_regs = {"active": r_active, "have": r_have, "lane": r_lane, "taken": r_taken,
@@ -591,13 +594,13 @@ class BackEnd(wiring.Component):
         # The sequencer.
         # ======================================================================================
         copy_i = Signal(dab)
-        param_i = Signal(16)          # parameter word being loaded
-        param_words = Signal(16)
+        param_i = Signal(ib)          # parameter word being loaded
+        param_words = Signal(ib)
         param_rec = Signal(2)         # words per record: 3 (bias, mult, shift) or 2 (mult, shift)
-        param_r = Signal(16)          # record of the word being loaded
+        param_r = Signal(ib)          # record of the word being loaded
         param_slot = Signal(2)        # its slot: 0 bias, 1 mult, 2 shift
         field_i = Signal(8)
-        div_rem = Signal(16)
+        div_rem = Signal(ib)
 
         buffer_names = ("a_reads", "a_writes", "w_reads", "w_writes", "acc_reads", "acc_writes")
         counter_names = ("macs_issued", "macs_useful", "engine_busy_cycles", "engine_stall_cycles",
@@ -674,7 +677,7 @@ class BackEnd(wiring.Component):
                         m.next = "GEOM_SETUP"
                     with m.Case(Op.MATMUL):
                         m.d.sync += [mt.eq(field(Op.MATMUL, "mt")), nt.eq(field(Op.MATMUL, "nt")),
-                                     n_tiles.eq(ceil_div(field(Op.MATMUL, "nt")[:16], C)),
+                                     n_tiles.eq(ceil_div(field(Op.MATMUL, "nt")[:ib], C)),
                                      div_rem.eq(field(Op.MATMUL, "m0")),
                                      mm_yb0.eq(0),
                                      mm_row0.eq(field(Op.MATMUL, "src") - pt_in - geom["pad_left"])]
@@ -915,7 +918,7 @@ class BackEnd(wiring.Component):
                 origin = field(Op.POOL, "src") - pt_in - geom["pad_left"]
                 m.d.sync += [g_kt.eq(0), g_m.eq(0), g_ox.eq(0), *(lane.eq(0) for lane in g_lane),
                              p_phase.eq(0), p_count.eq(0), out_addr.eq(field(Op.POOL, "dst")),
-                             # (hw_out, of 16-bit factors, is 0 only when one of them is)
+                             # (hw_out, of narrow factors, is 0 only when one of them is)
                              p_done.eq((geom["in_c"] == 0) | ((geom["out_h"] == 0)
                                        | (geom["out_w"] == 0) if cfg.compact_fields
                                        else hw_out == 0)),

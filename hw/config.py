@@ -63,6 +63,10 @@ class BackendConfig:
         Bits of DRAM byte addresses and transfer lengths the back end keeps (its program
         counter, its transfer counters; the DRAM port's requests stay 32 bits, zero-extended).
         A board with a small memory (the iCEBreaker's 64 KB) needs 17, not 32.
+    index_bits : int
+        Bits of the geometry registers, tile counts and window indices (shapes up to
+        ``2**index_bits - 1``); 16 by default, fewer with ``compact_fields`` only (the compiler
+        then checks every shape and count fits).
     compact_fields : bool
         Keep each command field in the bits its kind can need
         (:func:`hoarfrost.firmware.isa.field_bits`: DRAM addresses in ``dram_addr_bits``,
@@ -90,6 +94,7 @@ class BackendConfig:
     requant_saturating_shift: bool = False
     engine_keeps_counters: bool = False
     dram_addr_bits: int = 32
+    index_bits: int = 16
     compact_fields: bool = False
 
     def __post_init__(self):
@@ -115,6 +120,12 @@ class BackendConfig:
         if not isinstance(self.dram_addr_bits, int) or not 16 <= self.dram_addr_bits <= 32:
             raise ValueError(f"dram_addr_bits must be an integer from 16 to 32, not "
                              f"{self.dram_addr_bits!r}")
+        if not isinstance(self.index_bits, int) or not 8 <= self.index_bits <= 16:
+            raise ValueError(f"index_bits must be an integer from 8 to 16, not "
+                             f"{self.index_bits!r}")
+        if self.index_bits < 16 and not self.compact_fields:
+            raise ValueError("index_bits below 16 needs compact_fields (its command fields are "
+                             "checked against it)")
         for name in ("add_shares_multiplier", "requant_saturating_shift", "engine_keeps_counters",
                      "compact_fields"):
             if not isinstance(getattr(self, name), bool):
@@ -163,7 +174,8 @@ DEFAULT = BackendConfig()
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
                                  acc_depth=64, weight_cache_bytes=0, add_shares_multiplier=True,
                                  requant_saturating_shift=True, engine_keeps_counters=True,
-                                 dram_addr_bits=17, compact_fields=True, counter_width=24)
+                                 dram_addr_bits=17, index_bits=14, compact_fields=True,
+                                 counter_width=24)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

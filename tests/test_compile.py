@@ -104,6 +104,8 @@ def test_a_toml_file_switches_the_area_savings(tmp_path):
     ("[backend]\nw_depth = 6\n", ["w_depth must be a power of two"]),
     ("[backend]\nweight_cache_bytes = -1\n", ["backend.weight_cache_bytes must be at least 0"]),
     ("[backend]\nweight_bits = 3\n", ["weight_bits must be 8, 4 or 2"]),
+    ("[backend]\ndram_addr_bits = 8\n", ["dram_addr_bits must be an integer from 16 to 32"]),
+    ("[backend]\nindex_bits = 12\n", ["index_bits below 16 needs compact_fields"]),
     ('preset = "de10"\n', ["preset = 'de10' is not one of"]),
     ('board = "arty"\n', ["board = 'arty'"]),
     ("clock_mhz = -5\n", ["clock_mhz must be a positive number"]),
@@ -427,5 +429,5 @@ def test_a_firmware_past_the_back_ends_address_bits_or_compact_fields_is_an_erro
                                              "200000 does not fit the back end's 17-bit field"):
         check_fields(types.SimpleNamespace(dram_bytes=0, commands=far), board)
     wide = dataclasses.replace(board, backend=dataclasses.replace(
-        board.backend, dram_addr_bits=32, compact_fields=False))
+        board.backend, dram_addr_bits=32, index_bits=16, compact_fields=False))
     check_fields(types.SimpleNamespace(dram_bytes=0, commands=far), wide)

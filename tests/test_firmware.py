@@ -34,6 +34,7 @@ def test_compact_fields_keep_the_bits_of_their_kind():
     assert field_bits(Op.ADD, "mult_a", **COMPACT) == 32
     assert field_bits(Op.ADD, "zp_a", **COMPACT) == 16
     assert field_bits(Op.GEOM, "in_w", **COMPACT) == 16
+    assert field_bits(Op.GEOM, "in_w", **COMPACT, index_bits=14) == 14
     assert field_bits(Op.SEND, "engine", **COMPACT) == 8
     check_compact_fields(assemble(
         "load dram_addr=131071 dst=8191 length=131071\n"
@@ -55,6 +56,14 @@ def test_compact_fields_keep_the_bits_of_their_kind():
 def test_a_field_a_compact_back_end_would_not_keep_is_an_error(text, message):
     with pytest.raises(IsaError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_compact_fields(assemble(text), **COMPACT)
+
+
+def test_compact_index_fields_hold_index_bits():
+    geom = ("geom in_c=1 in_h={} in_w=1 out_h=1 out_w=1 kh=1 kw=1 sh=1 sw=1 pad_top=0 "
+            "pad_left=0 pad_bottom=0 pad_right=0 dh=1 dw=1")
+    check_compact_fields(assemble(geom.format(16383)), **COMPACT, index_bits=14)
+    with pytest.raises(IsaError, match="in_h = 16384 does not fit the back end's 14-bit field"):
+        check_compact_fields(assemble(geom.format(16384)), **COMPACT, index_bits=14)
 
 
 def test_assemble_disassemble_encode_decode_round_trip():
