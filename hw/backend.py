@@ -522,7 +522,9 @@ class BackEnd(wiring.Component):
         # The scalar unit: POOL and ADD, one element at a time.
         # ======================================================================================
         p_done = Signal()             # every window has been pushed
-        p_acc = Signal(signed(32))
+        # A window's max, or its sum of x - zp_in over at most param_depth - 1 taps (an average
+        # pool's table has a record per count): compact fields (zp_in of 16 bits) bound it.
+        p_acc = Signal(signed(17 + self.param_depth.bit_length() if cfg.compact_fields else 32))
         p_count = Signal(ib)
         p_rescale = Signal()
         p_phase = Signal(3)           # 0: address tap, 1: read, 2: take tap, 3: table, 4: push
@@ -978,7 +980,7 @@ class BackEnd(wiring.Component):
                     m.d.sync += p_phase.eq(4)
                 with m.Else():
                     # push the window's result into the requantizer
-                    clamped = Signal(signed(32))
+                    clamped = Signal(signed(max(len(p_acc), 16)))
                     lo_in, hi_in = field(Op.POOL, "lo_in"), field(Op.POOL, "hi_in")
                     m.d.comb += clamped.eq(Mux(p_acc < lo_in, lo_in, Mux(p_acc > hi_in, hi_in, p_acc)))
                     m.d.comb += [mult_rd.addr.eq(Mux(is_max, 0, p_count)),

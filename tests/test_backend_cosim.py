@@ -22,8 +22,9 @@ CONFIG = BackendConfig(rows=4, cols=4, a_depth=512, w_depth=8, acc_depth=64)
 SCRATCH, PARAMS = 2048, 32
 
 
-def run_on_verilator(qgraph, x_int8, tmp_path, stall_prob=0.2):
-    limits = CompileLimits.for_backend(CONFIG, SCRATCH, PARAMS)
+def run_on_verilator(qgraph, x_int8, tmp_path, stall_prob=0.2, config=CONFIG, scratch=SCRATCH,
+                     params=PARAMS):
+    limits = CompileLimits.for_backend(config, scratch, params)
     program = compile_graph(qgraph, limits)
     expected = run_int(qgraph, x_int8)
     vectors = {"runs": len(x_int8), "stall_prob": stall_prob, "max_cycles": 400_000,
@@ -34,7 +35,8 @@ def run_on_verilator(qgraph, x_int8, tmp_path, stall_prob=0.2):
         vectors[f"expected_{i}"] = expected[i].reshape(-1)
     vectors["firmware_addr"] = firmware_addr
     np.savez(tmp_path / "vectors.npz", **vectors)
-    design = verilog.convert(BackEnd(CONFIG, scratch_bytes=SCRATCH, param_depth=PARAMS), name="backend")
+    design = verilog.convert(BackEnd(config, scratch_bytes=scratch, param_depth=params),
+                             name="backend")
     result = cocotb_run(design, "backend", "hoarfrost.sim.tb.backend_tb",
                         env={"HOARFROST_VECTORS": str(tmp_path / "vectors.npz"),
                              "HOARFROST_RESULTS": str(tmp_path / "results.json")}, seed=3)
@@ -64,13 +66,19 @@ def test_example_models_on_the_back_end_rtl(examples, model, tmp_path):
     assert traffic["ratio"] <= 1.1
 
 
-@pytest.mark.parametrize("seed", [5, 6])
-def test_random_networks_on_the_back_end_rtl(seed, tmp_path):
-    """Random geometry (kernel, stride, padding, depthwise), pooling and residual adds."""
+@pytest.mark.parametrize("seed, preset", [(5, None), (6, None), (7, "icebreaker")])
+def test_random_networks_on_the_back_end_rtl(seed, preset, tmp_path):
+    """Random geometry (kernel, stride, padding, depthwise), pooling and residual adds; on the
+    iCEBreaker preset too (compact fields, narrow indices and counters, ADD on the shared
+    multiplier, the saturating requantizer)."""
+    from hoarfrost.gen.config import PRESETS
     from test_backend import tiny_network
     rng = np.random.default_rng(seed)
     qgraph, rng = tiny_network(seed, pool=["MaxPool", "AveragePool"][seed % 2], residual=True,
                                depthwise=bool(seed % 2))
     x = quantize_input(qgraph, rng.normal(0, 1, (2, 2, 5, 5)).astype(np.float32))
-    program, counters = run_on_verilator(qgraph, x, tmp_path, stall_prob=0.4)
+    board = PRESETS[preset] if preset else None
+    sizes = (dict(config=board.backend, scratch=board.scratch_bytes, params=board.param_depth)
+             if board else {})
+    program, counters = run_on_verilator(qgraph, x, tmp_path, stall_prob=0.4, **sizes)
     assert all(c["commands"] == len(program.commands) for c in counters)
