@@ -3,11 +3,9 @@
 amaranth.sim runs small networks that touch every command; the example models run on the
 Verilog in Verilator (tests/test_backend_cosim.py)."""
 
-import random
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hoarfrost.firmware.isa import KEEP_PARAMS, NO_PARAMS, POOL_MAX, WCACHE, Command, Op
 from hoarfrost.gen.compiler import CompileLimits, compile_graph, compile_streamed
@@ -18,9 +16,8 @@ from hoarfrost.gen.quantize import quantize
 from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
 from hoarfrost.hw.config import BackendConfig
-from hoarfrost.sim.backend_host import amaranth_dram, dram_image, read_output
+from hoarfrost.sim.backend_host import run_in_amaranth
 from hoarfrost.sim.golden import quantize_input, run_int
-from hoarfrost.sim.streams import stream_put
 from onnx_models import ModelBuilder
 from test_golden_onnxruntime import import_onnx_bytes
 
@@ -51,40 +48,10 @@ def run_backend(qgraph, x_int8, config=SMALL, scratch_bytes=2048, param_depth=16
         port = dut.feature_in if streamed else None
     if edit is not None:
         program.commands = edit(program.commands)
-    dram, firmware_addr = dram_image(program, x_int8)
-    result = {}
-
-    async def host(ctx):
-        ctx.set(dut.program_addr, firmware_addr)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        await ctx.tick().until(dut.done)
-        await ctx.tick()            # the counters take in the last edge
-        result.update({name: ctx.get(getattr(dut, name)) for name in counters})
-
-    async def watchdog(ctx):
-        for _ in range(max_cycles):
-            await ctx.tick()
-        raise AssertionError(f"the back end did not reach END in {max_cycles} cycles")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    reads, writes = amaranth_dram(dut, dram, seed=seed, stall_prob=stall_prob)
-    # The DRAM model and the watchdog run in the background: the run ends with the host.
-    sim.add_testbench(reads, background=True)
-    sim.add_testbench(writes, background=True)
-    sim.add_testbench(watchdog, background=True)
-    if port is not None:
-        async def pixels(ctx):
-            rng = random.Random(seed)
-            for beat in x_int8.reshape(x_int8.shape[0], -1).T:        # raster order, C lanes
-                await stream_put(ctx, port, [int(v) for v in beat], rng=rng,
-                                 idle_prob=idle_prob)
-        sim.add_testbench(pixels, background=True)
-    sim.add_testbench(host)
-    sim.run()
-    return read_output(program, dram), result, program
+    out, result, _ = run_in_amaranth(dut, program, x_int8, counters, seed=seed,
+                                     stall_prob=stall_prob, max_cycles=max_cycles,
+                                     feature_port=port, idle_prob=idle_prob)
+    return out, result, program
 
 
 def expected_counters(program, config):

@@ -11,7 +11,6 @@ import random
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hoarfrost.firmware.isa import Command, Op
 from hoarfrost.gen.compiler import CompileLimits, compile_graph
@@ -20,7 +19,7 @@ from hoarfrost.gen.outdir import layer_table
 from hoarfrost.gen.quantize import quantize
 from hoarfrost.hw.backend import BackEnd
 from hoarfrost.hw.config import BackendConfig
-from hoarfrost.sim.backend_host import amaranth_dram, dram_image, read_output
+from hoarfrost.sim.backend_host import read_output, run_in_amaranth
 from hoarfrost.sim.cycle_model import predict_gemm
 from hoarfrost.sim.golden import quantize_input, run_int
 from hoarfrost.sim.rtl_run import command_cycles, layer_cycles
@@ -37,36 +36,9 @@ def traced_run(program, x_int8, config, scratch_bytes=2048, param_depth=16,
     output (``read(program, dram)``) and the RTL's cycles per command (:func:`command_cycles`
     of the trace)."""
     dut = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth)
-    dram, firmware_addr = dram_image(program, x_int8)
-    trace = {}
-
-    async def host(ctx):
-        ctx.set(dut.program_addr, firmware_addr)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        starts = []
-        for _ in range(max_cycles):
-            # both counters are registers stepped on the same edge: a consistent pair
-            *_, done, commands, cycles = await ctx.tick().sample(dut.done, dut.commands,
-                                                                 dut.cycles)
-            if commands == len(starts) + 1:
-                starts.append(cycles)
-            if done:
-                break
-        else:
-            raise AssertionError(f"the back end did not reach END in {max_cycles} cycles")
-        await ctx.tick()            # END's own cycle is counted at this edge
-        trace["per_command"] = command_cycles(starts, ctx.get(dut.cycles))
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    reads, writes = amaranth_dram(dut, dram)
-    sim.add_testbench(reads, background=True)
-    sim.add_testbench(writes, background=True)
-    sim.add_testbench(host)
-    sim.run()
-    return read(program, dram), trace["per_command"]
+    out, counters, starts = run_in_amaranth(dut, program, x_int8, ("cycles",),
+                                            max_cycles=max_cycles, trace=True, read=read)
+    return out, command_cycles(starts, counters["cycles"])
 
 
 def random_network(seed):

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from amaranth.sim import Simulator
 
 from hoarfrost.firmware.isa import Command, IsaError, Op, assemble, decode, encode
 from hoarfrost.gen.compiler import CompileLimits, compile_graph
@@ -18,7 +17,7 @@ from hoarfrost.gen.sparse_partition import (compress_for_engines, engine_layers,
 from hoarfrost.hw.accelerator import Accelerator, sparse_counter_names
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
 from hoarfrost.hw.config import BackendConfig
-from hoarfrost.sim.backend_host import amaranth_dram, dram_image, read_output
+from hoarfrost.sim.backend_host import run_in_amaranth
 from hoarfrost.sim.golden import quantize_input, run_int
 from hoarfrost.sim.golden_sparse import SparseCounts, sparse_dense_int
 from hoarfrost.sim.isa_sim import run_program, sparse_engine
@@ -54,40 +53,10 @@ def run_accelerator(graph, names, x_int8, *, stall_prob=0.0, seed=0, max_cycles=
     dut = Accelerator(SMALL, scratch_bytes=SCRATCH, param_depth=PARAMS,
                       sparse_layers=engine_layers(graph, names, pes), sparse_fifo_depth=4)
     counters = BACKEND_COUNTERS + sparse_counter_names(len(names))
-    dram, firmware_addr = dram_image(program, x_int8)
-    result, starts = {}, []
-
-    async def host(ctx):
-        ctx.set(dut.program_addr, firmware_addr)
-        ctx.set(dut.start, 1)
-        await ctx.tick()
-        ctx.set(dut.start, 0)
-        seen = 0
-        while True:
-            _, _, done, commands, cycles = await ctx.tick().sample(dut.done, dut.commands,
-                                                                    dut.cycles)
-            if commands != seen:            # as the cocotb testbench traces commands
-                seen = commands
-                starts.append(cycles)
-            if done:
-                break
-        await ctx.tick()
-        result.update({name: ctx.get(getattr(dut, name)) for name in counters})
-
-    async def watchdog(ctx):
-        for _ in range(max_cycles):
-            await ctx.tick()
-        raise AssertionError(f"no END in {max_cycles} cycles")
-
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    reads, writes = amaranth_dram(dut, dram, seed=seed, stall_prob=stall_prob)
-    sim.add_testbench(reads, background=True)
-    sim.add_testbench(writes, background=True)
-    sim.add_testbench(watchdog, background=True)
-    sim.add_testbench(host)
-    sim.run()
-    return read_output(program, dram), result, program, starts
+    out, result, starts = run_in_amaranth(dut, program, x_int8, counters, seed=seed,
+                                          stall_prob=stall_prob, max_cycles=max_cycles,
+                                          trace=True)
+    return out, result, program, starts
 
 
 def test_send_and_recvs_encode_and_assemble():
