@@ -1,8 +1,9 @@
 """cocotb testbench: the host driver runs a compiled model on the board's top, through its UART.
 
 :class:`BoardCosimTop` is :class:`~hoarfrost.hw.board.BoardTop` (host link, control registers,
-accelerator, AXI DRAM bridge, on-chip memory) with a host-side UART pair on its pins, at 4.5
-clocks per bit. The test drives it with :class:`~hoarfrost.firmware.host.AsyncDevice`, the same
+accelerator, and the memory: the ECP5's AXI DRAM bridge and on-chip memory, or the iCE40's
+:class:`~hoarfrost.hw.stream_sram.StreamSram` on Memory in place of its SPRAM) with a host-side
+UART pair on its pins, at 4.5 clocks per bit. The test drives it with :class:`~hoarfrost.firmware.host.AsyncDevice`, the same
 driver code a board's serial port runs: it writes the weight image and the firmware, then per
 image writes the input, starts the accelerator, waits for done, reads the output and the
 counters back.
@@ -55,12 +56,17 @@ class BoardCosimTop(wiring.Component):
         The accelerator is busy.
     sdram : ``Out(SdramPinsSignature(ULX3S_32MB))``
         With ``memory="sdram"``: the SDRAM chip's pins.
+
+    With ``family="ice40"`` the top is the iCE40's, its memory built from
+    :class:`~amaranth.lib.memory.Memory` (Verilator cannot run the SPRAM primitive).
     """
 
-    def __init__(self, config, frozen_specs=(), sparse_layers=(), memory="onchip"):
-        self.board = BoardTop(config, clk_freq=CLK_FREQ, family="ecp5", baud=BAUD,
+    def __init__(self, config, frozen_specs=(), sparse_layers=(), memory="onchip",
+                 family="ecp5"):
+        ice40 = {"spram": False} if family == "ice40" else {}
+        self.board = BoardTop(config, clk_freq=CLK_FREQ, family=family, baud=BAUD,
                               frozen_specs=frozen_specs, sparse_layers=sparse_layers,
-                              memory=memory)
+                              memory=memory, **ice40)
         pins = {"sdram": Out(SdramPinsSignature(ULX3S_32MB))} if memory == "sdram" else {}
         super().__init__({"to_device": In(stream.Signature(8)),
                           "from_device": Out(stream.Signature(8)), "running": Out(1), **pins})
