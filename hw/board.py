@@ -19,9 +19,10 @@ back end's byte-stream DRAM port go straight to it::
     UART rx/tx -- UartHostLink --mem--> StreamSram (SPRAM) <--rd/wr streams-- Accelerator
                       +--csr--> ControlRegisters --start, program_addr--> (back end)
 
-The AXI path would take about a third of the UP5K's 5,280 logic cells (the bridge's DMA
-engines alone some 1,400 LUTs) to carry bursts an on-chip RAM has no use for;
-:class:`~hoarfrost.hw.stream_sram.StreamSram` serves both ports on the SPRAM in about 200.
+The UP5K (5,280 logic cells) has no room for the AXI path, which an on-chip RAM does not need:
+its bridge, share, host adapter and AXI memory take some 2,200 LUT4 (yosys ``synth_ice40
+-noabc -noflatten``), :class:`~hoarfrost.hw.stream_sram.StreamSram` about 210; synthesized whole
+(``-dsp -abc9``) the iCEBreaker's top went from 10,649 LUT4 to 9,261.
 
 The host (:mod:`hoarfrost.firmware.host`) writes the firmware, the weights and the input into
 the memory over the UART, sets ``PROGRAM_ADDR``, pulses ``CTRL.start``, polls ``STATUS`` and
@@ -187,8 +188,11 @@ class BoardTop(wiring.Component):
         m = Module()
         cfg = self.config
         frozen = self.frozen_specs
+        ice40 = self.family == "ice40"
+        # On the iCE40 the link's addresses are the memory's 16 bits (INFO reports them).
+        narrow = {"addr_width": self.memory_bytes.bit_length() - 1} if ice40 else {}
         m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud,
-                                                stream_port=bool(frozen))
+                                                stream_port=bool(frozen), **narrow)
         m.submodules.csr = csr = ControlRegisters(counters=len(self.counter_names))
         m.submodules.accel = accel = Accelerator(cfg.backend, frozen,
                                                  scratch_bytes=cfg.scratch_bytes,
@@ -198,11 +202,11 @@ class BoardTop(wiring.Component):
             m.submodules.packer = packer = PixelPacker(frozen[0].in_channels)
             wiring.connect(m, link.stream_out, packer.i_stream)
             wiring.connect(m, packer.o_stream, accel.pixels)
-        if self.family == "ice40":
+        if ice40:
             # The SPRAM serves the link and the back end directly (see the module docstring).
             m.submodules.memory = memory = StreamSram(self.memory_bytes,
                                                       data_width=ICE40_WORD_BITS,
-                                                      spram=self.spram)
+                                                      spram=self.spram, **narrow)
             wiring.connect(m, link.mem, memory.bus)
             wiring.connect(m, link.csr, csr.csr)
             connect_dram(m, accel, memory)

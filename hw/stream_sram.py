@@ -3,8 +3,8 @@
 On the iCEBreaker the accelerator's "DRAM" is the UP5K's SPRAM, on the chip: the AXI path of
 the ULX3S top (:class:`~hoarfrost.hw.dram_bridge.AxiDramBridge`, :class:`~hoarfrost.hw.
 axi_share.AxiShare`, :class:`~hoarfrost.hw.axi_share.HostBusAxi`, :class:`~hoarfrost.hw.
-axi_sram.AxiSram`) would spend some 1,700 of the chip's 5,280 logic cells carrying bursts that
-an on-chip RAM does not need. :class:`StreamSram` is both ends at once: the server of the back
+axi_sram.AxiSram`) costs some 2,200 LUT4 there (yosys ``synth_ice40 -noabc -noflatten``, the
+chip has 5,280) to carry bursts an on-chip RAM does not need; this block takes about 210. :class:`StreamSram` is both ends at once: the server of the back
 end's port (:class:`~hoarfrost.hw.dram_bridge.DramPortSignature`) and the target of the host
 link's memory bus (:class:`~hoarfrost.hw.host_link.HostBusSignature`, 8-bit data), on one
 storage with one port.
