@@ -1,12 +1,13 @@
 """On-chip memory served straight on the back end's byte-stream DRAM port and the host's byte bus.
 
-On the iCEBreaker the accelerator's "DRAM" is the UP5K's SPRAM, on the chip: the AXI path of
-the ULX3S top (:class:`~hoarfrost.hw.dram_bridge.AxiDramBridge`, :class:`~hoarfrost.hw.
-axi_share.AxiShare`, :class:`~hoarfrost.hw.axi_share.HostBusAxi`, :class:`~hoarfrost.hw.
-axi_sram.AxiSram`) costs some 2,200 LUT4 there (yosys ``synth_ice40 -noabc -noflatten``, the
-chip has 5,280) to carry bursts an on-chip RAM does not need; this block takes about 210. :class:`StreamSram` is both ends at once: the server of the back
-end's port (:class:`~hoarfrost.hw.dram_bridge.DramPortSignature`) and the target of the host
-link's memory bus (:class:`~hoarfrost.hw.host_link.HostBusSignature`, 8-bit data), on one
+On the iCEBreaker the accelerator's "DRAM" is the UP5K's SPRAM, on the chip. The AXI path of
+the ULX3S top (:class:`~hoarfrost.hw.dram_bridge.AxiDramBridge`,
+:class:`~hoarfrost.hw.axi_share.AxiShare`, :class:`~hoarfrost.hw.axi_share.HostBusAxi`,
+:class:`~hoarfrost.hw.axi_sram.AxiSram`) costs some 2,200 LUT4 there (yosys ``synth_ice40
+-noabc -noflatten``; the chip has 5,280 logic cells) to carry bursts an on-chip RAM does not
+need; this block takes about 210. :class:`StreamSram` is both ends at once: the server of the
+back end's port (:class:`~hoarfrost.hw.dram_bridge.DramPortSignature`) and the target of the
+host link's memory bus (:class:`~hoarfrost.hw.host_link.HostBusSignature`, 8-bit data), on one
 storage with one port.
 
 One transfer at a time. A request (read or write, a read first when both are offered, as the
@@ -25,12 +26,13 @@ taken. Writes take a byte in every cycle ``wr_data`` offers one and write it at 
 byte mask (a partial word leaves its other bytes untouched).
 
 Addresses wrap: only the low ``log2(size)`` bits are used, so an address past the end reaches
-the memory's start again (the host link and the compiler never go there).
+the memory's start again (nothing is refused: the AXI memory answers such an access with an
+error, this one has no error to give).
 """
 
 from __future__ import annotations
 
-from amaranth import ClockSignal, Instance, Module, Mux, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import wiring
 from amaranth.lib.wiring import In, Out
 

@@ -3,10 +3,10 @@
 :class:`BoardCosimTop` is :class:`~hoarfrost.hw.board.BoardTop` (host link, control registers,
 accelerator, and the memory: the ECP5's AXI DRAM bridge and on-chip memory, or the iCE40's
 :class:`~hoarfrost.hw.stream_sram.StreamSram` on Memory in place of its SPRAM) with a host-side
-UART pair on its pins, at 4.5 clocks per bit. The test drives it with :class:`~hoarfrost.firmware.host.AsyncDevice`, the same
-driver code a board's serial port runs: it writes the weight image and the firmware, then per
-image writes the input, starts the accelerator, waits for done, reads the output and the
-counters back.
+UART pair on its pins, at 4.5 clocks per bit. The test drives it with
+:class:`~hoarfrost.firmware.host.AsyncDevice`, the same driver code a board's serial port runs:
+it writes the weight image and the firmware, then per image writes the input, starts the
+accelerator, waits for done, reads the output and the counters back.
 
 With ``memory="sdram"`` the board's memory is the ULX3S's SDRAM behind
 :class:`~hoarfrost.hw.sdram.AxiSdram`, and the chip is
