@@ -152,8 +152,8 @@ class BoardTop(wiring.Component):
         unused).
     spram : bool, optional
         iCE40 only: build the memory from SB_SPRAM256KA primitives (the default) or, with
-        ``False``, from :class:`~amaranth.lib.memory.Memory`, which Verilator can run (the
-        co-simulation of the iCE40 top).
+        ``False``, from :class:`~amaranth.lib.memory.Memory`, for a simulator without a model
+        of the primitive (the co-simulation adds yosys's, and runs the SPRAMs).
 
     Members
     -------

