@@ -140,7 +140,7 @@ class StreamSram(wiring.Component):
         rd_cmd, rd_data, wr_cmd, wr_data, bus = (self.rd_cmd, self.rd_data, self.wr_cmd,
                                                   self.wr_data, self.bus)
 
-        left = Signal(32)             # bytes of the transfer still to move
+        left = Signal(32)                # bytes of the transfer still to move
         idle = Signal()
         writing = Signal()               # the transfer is a write
         word = Signal(range(self.depth))  # read: the next word to fetch; write: this byte's
