@@ -1,9 +1,11 @@
 """An AXI4 subordinate backed by on-chip memory: the accelerator's "DRAM" on a board.
 
-On the iCEBreaker the memory is the UP5K's single-port SPRAM (``SB_SPRAM256KA``, 16 bits x 16K
-words each, four on the chip), on the ULX3S block RAM (or its SDRAM through a real controller,
-not built yet). The accelerator's AXI manager does not know the difference: this block serves
-the same AXI4 port as cocotbext-axi's ``AxiRam`` in simulation.
+On the ULX3S the memory is block RAM (or its SDRAM, :class:`~hoarfrost.hw.sdram.AxiSdram`); the
+block can also build it from the UP5K's single-port SPRAM (``SB_SPRAM256KA``, 16 bits x 16K
+words each, four on the chip), though the iCEBreaker's top has no room for the AXI path and
+serves its SPRAM with :class:`~hoarfrost.hw.stream_sram.StreamSram` instead. The accelerator's
+AXI manager does not know the difference: this block serves the same AXI4 port as
+cocotbext-axi's ``AxiRam`` in simulation.
 
 One burst is served at a time, reads and writes alternating when both wait, because the
 storage has one port (SPRAM has only one; block RAM would allow two, but the DMAs rarely read

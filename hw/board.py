@@ -1,19 +1,33 @@
 """The accelerator on a board: host link, control registers, accelerator and its memory.
 
-::
+On the ULX3S (ECP5) the memory is an AXI4 subordinate, block RAM or the board's SDRAM::
 
     UART rx/tx -- UartHostLink --mem--> HostBusAxi --a--+
-                      |                                 AxiShare -- AxiSram (SPRAM / block RAM)
-                      +--csr--> ControlRegisters        |
+                      |                                 AxiShare -- AxiSram (block RAM)
+                      +--csr--> ControlRegisters        |           or AxiSdram (SDRAM)
                                   | start, program_addr |
                                   v                     |
                  Accelerator (back end) -- AxiDramBridge --b--+
 
+The accelerator sees the memory as its DRAM through the same AXI4 port as in simulation (where
+cocotbext-axi's ``AxiRam`` serves it), so the SDRAM controller
+(:class:`~hoarfrost.hw.sdram.AxiSdram`) plugs in where the block RAM is.
+
+On the iCEBreaker (iCE40 UP5K) the memory is the chip's SPRAM, and the link's byte bus and the
+back end's byte-stream DRAM port go straight to it::
+
+    UART rx/tx -- UartHostLink --mem--> StreamSram (SPRAM) <--rd/wr streams-- Accelerator
+                      +--csr--> ControlRegisters --start, program_addr--> (back end)
+
+The UP5K (5,280 logic cells) has no room for the AXI path, which an on-chip RAM does not need:
+its bridge, share, host adapter and AXI memory take some 2,200 LUT4 (yosys ``synth_ice40
+-noabc -noflatten``), :class:`~hoarfrost.hw.stream_sram.StreamSram` about 210; synthesized whole
+(``-dsp -abc9``) the iCEBreaker's top went from 10,649 LUT4 to 9,261, and from 14,023 logic
+cells to 11,930 as nextpnr packs them.
+
 The host (:mod:`hoarfrost.firmware.host`) writes the firmware, the weights and the input into
 the memory over the UART, sets ``PROGRAM_ADDR``, pulses ``CTRL.start``, polls ``STATUS`` and
-reads the output and the counters back. The accelerator sees the memory as its DRAM through the
-same AXI4 port as in simulation (where cocotbext-axi's ``AxiRam`` serves it); on the ULX3S the
-memory may be the board's SDRAM (:class:`~hoarfrost.hw.sdram.AxiSdram`) instead.
+reads the output and the counters back.
 
 With a frozen front end the input does not go through the memory: the host starts the
 accelerator and then sends the image's pixels (all channels of a pixel together, raster order)
@@ -43,6 +57,7 @@ from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
 from hoarfrost.hw.line_buffer import pixel_layout
 from hoarfrost.hw.sdram import (ULX3S_32MB, AxiSdram, SdramPinsSignature, SdramTiming,
                                 connect_platform_sdram)
+from hoarfrost.hw.stream_sram import StreamSram
 
 __all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes",
            "MEMORIES"]
@@ -98,11 +113,15 @@ class PixelPacker(wiring.Component):
 
 DATA_WIDTH = 32
 
+#: Bits of the iCE40's memory word (:class:`~hoarfrost.hw.stream_sram.StreamSram`): one SPRAM's
+#: width, the two SPRAMs one above the other.
+ICE40_WORD_BITS = 16
+
 
 def memory_bytes(family: str) -> int:
-    """The accelerator's memory on each FPGA family: two SPRAMs side by side on the iCE40
-    UP5K (32-bit words), 64 KB of block RAM (32 DP16KD) on the ECP5."""
-    return SPRAM_BYTES * DATA_WIDTH // 16 if family == "ice40" else 64 * 1024
+    """The accelerator's memory on each FPGA family: two SPRAMs on the iCE40 UP5K (64 KB),
+    64 KB of block RAM (32 DP16KD) on the ECP5."""
+    return 2 * SPRAM_BYTES if family == "ice40" else 64 * 1024
 
 
 class BoardTop(wiring.Component):
@@ -115,7 +134,9 @@ class BoardTop(wiring.Component):
     clk_freq : int
         Clock of the design in Hz (the board's oscillator).
     family : str
-        ``"ice40"`` (memory in SPRAM) or ``"ecp5"`` (memory in block RAM).
+        ``"ice40"`` (memory in SPRAM, on :class:`~hoarfrost.hw.stream_sram.StreamSram`) or
+        ``"ecp5"`` (memory in block RAM or SDRAM, behind the AXI bridge; see the module
+        docstring).
     baud : int
         UART speed.
     frozen_specs : sequence of frozen layer specs, optional
@@ -125,9 +146,15 @@ class BoardTop(wiring.Component):
         The sparse engines behind the back end (as :class:`~hoarfrost.hw.accelerator.
         Accelerator`).
     memory : str
-        ``"onchip"`` (:class:`~hoarfrost.hw.axi_sram.AxiSram`) or ``"sdram"`` (ECP5 only: the
-        ULX3S's SDRAM through :class:`~hoarfrost.hw.sdram.AxiSdram`, same AXI port; addressed
-        as the 32 MB part, which a 64 MB board serves too with half its columns unused).
+        ``"onchip"`` (:class:`~hoarfrost.hw.axi_sram.AxiSram` on the ECP5,
+        :class:`~hoarfrost.hw.stream_sram.StreamSram` on the iCE40) or ``"sdram"`` (ECP5
+        only: the ULX3S's SDRAM through :class:`~hoarfrost.hw.sdram.AxiSdram`, same AXI port;
+        addressed as the 32 MB part, which a 64 MB board serves too with half its columns
+        unused).
+    spram : bool, optional
+        iCE40 only: build the memory from SB_SPRAM256KA primitives (the default) or, with
+        ``False``, from :class:`~amaranth.lib.memory.Memory`, for a simulator without a model
+        of the primitive (the co-simulation adds yosys's, and runs the SPRAMs).
 
     Members
     -------
@@ -142,10 +169,13 @@ class BoardTop(wiring.Component):
 
     def __init__(self, config, *, clk_freq: int, family: str, baud: int = 115200,
                  frozen_specs: Sequence = (), sparse_layers: Sequence = (),
-                 memory: str = "onchip"):
+                 memory: str = "onchip", spram: bool | None = None):
         if memory not in MEMORIES or (memory == "sdram" and family != "ecp5"):
             raise ValueError(f"memory must be one of {MEMORIES} (sdram on the ecp5 only), not "
                              f"{memory!r} on the {family}")
+        if spram is not None and family != "ice40":
+            raise ValueError(f"spram is for the ice40 only, not the {family}")
+        self.spram = family == "ice40" if spram is None else spram
         self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
         self.frozen_specs, self.sparse_layers = tuple(frozen_specs), tuple(sparse_layers)
         self.counter_names = board_counters(bool(self.frozen_specs), len(self.sparse_layers))
@@ -159,8 +189,11 @@ class BoardTop(wiring.Component):
         m = Module()
         cfg = self.config
         frozen = self.frozen_specs
+        ice40 = self.family == "ice40"
+        # On the iCE40 the link's addresses are the memory's 16 bits (INFO reports them).
+        narrow = {"addr_width": self.memory_bytes.bit_length() - 1} if ice40 else {}
         m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud,
-                                                stream_port=bool(frozen))
+                                                stream_port=bool(frozen), **narrow)
         m.submodules.csr = csr = ControlRegisters(counters=len(self.counter_names))
         m.submodules.accel = accel = Accelerator(cfg.backend, frozen,
                                                  scratch_bytes=cfg.scratch_bytes,
@@ -170,26 +203,34 @@ class BoardTop(wiring.Component):
             m.submodules.packer = packer = PixelPacker(frozen[0].in_channels)
             wiring.connect(m, link.stream_out, packer.i_stream)
             wiring.connect(m, packer.o_stream, accel.pixels)
-        m.submodules.bridge = bridge = AxiDramBridge(data_width=DATA_WIDTH)
-        m.submodules.host_axi = host_axi = HostBusAxi(data_width=DATA_WIDTH)
-        m.submodules.share = share = AxiShare(data_width=DATA_WIDTH)
-        if self.memory == "sdram":
-            memory = AxiSdram(ULX3S_32MB, SdramTiming(clk_freq=self.clk_freq),
-                              data_width=DATA_WIDTH)
-            for path, member, value in memory.sdram.signature.flatten(memory.sdram):
-                ours = getattr(self.sdram, path[0])
-                m.d.comb += ours.eq(value) if member.flow == Out else value.eq(ours)
+        if ice40:
+            # The SPRAM serves the link and the back end directly (see the module docstring).
+            m.submodules.memory = memory = StreamSram(self.memory_bytes,
+                                                      data_width=ICE40_WORD_BITS,
+                                                      spram=self.spram, **narrow)
+            wiring.connect(m, link.mem, memory.bus)
+            wiring.connect(m, link.csr, csr.csr)
+            connect_dram(m, accel, memory)
         else:
-            memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH,
-                             spram=self.family == "ice40")
-        m.submodules.memory = memory
+            m.submodules.bridge = bridge = AxiDramBridge(data_width=DATA_WIDTH)
+            m.submodules.host_axi = host_axi = HostBusAxi(data_width=DATA_WIDTH)
+            m.submodules.share = share = AxiShare(data_width=DATA_WIDTH)
+            if self.memory == "sdram":
+                memory = AxiSdram(ULX3S_32MB, SdramTiming(clk_freq=self.clk_freq),
+                                  data_width=DATA_WIDTH)
+                for path, member, value in memory.sdram.signature.flatten(memory.sdram):
+                    ours = getattr(self.sdram, path[0])
+                    m.d.comb += ours.eq(value) if member.flow == Out else value.eq(ours)
+            else:
+                memory = AxiSram(self.memory_bytes, data_width=DATA_WIDTH)
+            m.submodules.memory = memory
 
-        wiring.connect(m, link.mem, host_axi.bus)
-        wiring.connect(m, link.csr, csr.csr)
-        wiring.connect(m, host_axi.m_axi, share.a)
-        wiring.connect(m, bridge.m_axi, share.b)
-        wiring.connect(m, share.m_axi, memory.s_axi)
-        connect_dram(m, accel, bridge)
+            wiring.connect(m, link.mem, host_axi.bus)
+            wiring.connect(m, link.csr, csr.csr)
+            wiring.connect(m, host_axi.m_axi, share.a)
+            wiring.connect(m, bridge.m_axi, share.b)
+            wiring.connect(m, share.m_axi, memory.s_axi)
+            connect_dram(m, accel, bridge)
         m.d.comb += [accel.start.eq(csr.start), accel.program_addr.eq(csr.program_addr),
                      csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
         values = [*(getattr(accel, name) for name in BACKEND_COUNTERS), link.frames,

@@ -46,3 +46,29 @@ def test_pixel_packer_needs_a_channel():
     with pytest.raises(ValueError, match="^Channels must be a positive integer, not 0$"):
         PixelPacker(0)
     gc.collect()  # the refused block warns when collected; let it here
+
+
+@pytest.mark.filterwarnings("ignore::amaranth.hdl.UnusedElaboratable")
+def test_the_ice40_top_has_its_spram_on_the_ports_and_the_ecp5_top_keeps_the_axi_path():
+    # (the iCE40 top runs the CNN, on yosys's model of the SPRAM, in test_board_cosim.py)
+    from hoarfrost.gen.config import PRESETS
+    from hoarfrost.hw.axi_sram import AxiSram
+    from hoarfrost.hw.board import BoardTop
+    from hoarfrost.hw.stream_sram import StreamSram
+
+    ice40 = BoardTop(PRESETS["icebreaker"], clk_freq=12_000_000, family="ice40").elaborate(None)
+    assert list(ice40._named_submodules) == ["link", "csr", "accel", "memory"]
+    memory = ice40.submodules.memory
+    assert isinstance(memory, StreamSram)
+    assert (memory.size, memory.data_width, memory.spram) == (64 * 1024, 16, True)
+    simulated = BoardTop(PRESETS["icebreaker"], clk_freq=12_000_000, family="ice40",
+                         spram=False).elaborate(None)
+    assert not simulated.submodules.memory.spram
+    ecp5 = BoardTop(PRESETS["ulx3s-85f"], clk_freq=25_000_000, family="ecp5").elaborate(None)
+    assert list(ecp5._named_submodules) == ["link", "csr", "accel", "bridge", "host_axi",
+                                            "share", "memory"]
+    assert isinstance(ecp5.submodules.memory, AxiSram)
+    with pytest.raises(ValueError, match="^spram is for the ice40 only, not the ecp5$"):
+        BoardTop(PRESETS["ulx3s-85f"], clk_freq=25_000_000, family="ecp5", spram=False)
+    del ice40, simulated, ecp5, memory
+    gc.collect()  # the blocks never elaborated warn when collected; let them here

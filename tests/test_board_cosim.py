@@ -3,9 +3,10 @@
 The same :class:`~hoarfrost.firmware.host.AsyncDevice` code a board's serial port runs (and
 ``hoarfrost run``) writes the weights, the firmware and each image through the framed UART
 protocol into the on-chip memory, starts the accelerator through the control registers, waits
-for done and reads back the output and the counters. Three Verilator builds: the default
+for done and reads back the output and the counters. Four Verilator builds: the default
 configuration's back end alone, on on-chip memory and on the ULX3S's SDRAM (AxiSdram on the
-checking chip model), and all three stages from a compiled OUT (the CNN's first convolution
+checking chip model), the iCEBreaker's top (its configuration; its memory StreamSram on the
+two SPRAMs, run on yosys's model of the primitive), and all three stages from a compiled OUT (the CNN's first convolution
 frozen in front of the back end, its pixels sent by ``STREAM``, and its last layer on a sparse
 engine behind it), elaborated from OUT as ``hoarfrost build`` does.
 """
@@ -30,7 +31,7 @@ from hoarfrost.hw.axi import convert
 from hoarfrost.sim.backend_host import dram_image
 from hoarfrost.sim.golden import quantize_input, run_int
 from hoarfrost.sim.golden_sparse import SparseCounts, sparse_dense_int
-from hoarfrost.sim.tb.board_tb import BoardCosimTop
+from hoarfrost.sim.tb.board_tb import BoardCosimTop, spram_model
 from hoarfrost.sim.verilator import cocotb_run
 
 pytestmark = pytest.mark.cosim
@@ -40,7 +41,10 @@ CONFIG = PRESETS["default"]
 
 def _run_on_board_top(design, tmp_path, *, memory="onchip", **vectors) -> dict:
     np.savez(tmp_path / "vectors.npz", **vectors)
-    result = cocotb_run(convert(design, name="board"), "board", "hoarfrost.sim.tb.board_tb",
+    verilog = convert(design, name="board")
+    if "SB_SPRAM256KA" in verilog:       # the iCE40's memory: the primitive's model with it
+        verilog += spram_model()
+    result = cocotb_run(verilog, "board", "hoarfrost.sim.tb.board_tb",
                         env={"HOARFROST_VECTORS": str(tmp_path / "vectors.npz"),
                              "HOARFROST_RESULTS": str(tmp_path / "results.json"),
                              "HOARFROST_BOARD_MEMORY": memory})
@@ -51,20 +55,23 @@ def _run_on_board_top(design, tmp_path, *, memory="onchip", **vectors) -> dict:
     return record
 
 
-@pytest.mark.parametrize("memory", ["onchip", "sdram"])
-def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(memory, examples, tmp_path):
+@pytest.mark.parametrize("family, memory", [("ecp5", "onchip"), ("ecp5", "sdram"),
+                                            ("ice40", "onchip")])
+def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(family, memory, examples, tmp_path):
+    config = PRESETS["icebreaker"] if family == "ice40" else CONFIG
     calib = np.load(examples / "digits_calib.npy")
     qgraph = quantize(import_onnx(examples / "digits_cnn.onnx"), calib, 8)
     program = compile_graph(qgraph, CompileLimits.for_backend(
-        CONFIG.backend, CONFIG.scratch_bytes, CONFIG.param_depth))
-    # one image on the SDRAM: its chip model steps in Python every cycle, slowing the run 2x
-    x = quantize_input(qgraph, np.load(examples / "digits_test_x.npy")[:1 if memory == "sdram"
-                                                                         else 2])
+        config.backend, config.scratch_bytes, config.param_depth))
+    # one image on the SDRAM (its chip model steps in Python every cycle, slowing the run 2x)
+    # and on the iCE40's top (its own Verilator build; the ECP5's runs two)
+    x = quantize_input(qgraph, np.load(examples / "digits_test_x.npy")[
+        :2 if (family, memory) == ("ecp5", "onchip") else 1])
     golden = run_int(qgraph, x).reshape(len(x), -1)
     _, firmware_addr = dram_image(program, x[0])
     out_len = int(np.prod(program.output_shape))
     record = _run_on_board_top(
-        BoardCosimTop(CONFIG, memory=memory), tmp_path, memory=memory,
+        BoardCosimTop(config, memory=memory, family=family), tmp_path, memory=memory,
         weights=np.frombuffer(program.image, dtype=np.uint8),
         firmware=np.frombuffer(encode(program.commands), dtype=np.uint8),
         images=x.reshape(len(x), -1), input_addr=program.input_addr,
@@ -72,7 +79,7 @@ def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(memory, examples, tm
     if memory == "sdram":      # the chip model saw the traffic and raised on nothing
         assert record["sdram_commands"]["MODE"] == 1
         assert record["sdram_commands"]["READ"] > 0 and record["sdram_commands"]["WRITE"] > 0
-    traffic = dram_traffic(program, CONFIG.backend.rows, CONFIG.backend.cols)
+    traffic = dram_traffic(program, config.backend.rows, config.backend.cols)
     firmware_bytes = traffic["firmware_bytes"]
     for run, want in zip(record["runs"], golden):
         assert np.array(run["output"], dtype=np.uint8).view(np.int8).tolist() == want.tolist()

