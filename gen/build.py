@@ -111,12 +111,18 @@ def _why(build_dir: Path, exc: Exception) -> str:
         path = build_dir / log
         if not path.is_file():
             continue
-        for line in path.read_text(errors="replace").splitlines():
+        text = path.read_text(errors="replace")
+        for line in text.splitlines():
             if line.startswith("ERROR:"):
                 full = re.search(r"no BELs remaining to implement cell type '(\w+)'", line)
                 if full:
-                    return (f"the design does not fit the FPGA: it needs more {full[1]} cells than "
-                            f"the device has (make the array or the buffers smaller)")
+                    # nextpnr's utilisation table says by how much
+                    used = re.search(rf"{full[1]}:\s*(\d+)/\s*(\d+)", text)
+                    need = (f"{int(used[1]):,} {full[1]} cells, the device has "
+                            f"{int(used[2]):,}" if used else
+                            f"more {full[1]} cells than the device has")
+                    return (f"the design does not fit the FPGA: it needs {need} (make the array "
+                            f"or the buffers smaller)")
                 return line[len("ERROR:"):].strip()[:200]
     return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 

@@ -64,6 +64,13 @@ def test_a_design_too_large_is_named(tmp_path):
         "cell type 'ICESTORM_LC'\n")
     why = build._why(tmp_path, RuntimeError("exit status 125"))
     assert why.startswith("the design does not fit the FPGA: it needs more ICESTORM_LC cells")
+    (tmp_path / "top.tim").write_text(
+        "Info: Device utilisation:\nInfo: \t         ICESTORM_LC:   10489/   5280   198%\n"
+        "ERROR: Unable to place cell 'a_b_c_LC', no BELs remaining to implement "
+        "cell type 'ICESTORM_LC'\n")
+    assert build._why(tmp_path, RuntimeError("exit status 125")) == (
+        "the design does not fit the FPGA: it needs 10,489 ICESTORM_LC cells, the device has "
+        "5,280 (make the array or the buffers smaller)")
     (tmp_path / "top.tim").write_text("ERROR: Max frequency for clock 'clk': failed\n")
     assert build._why(tmp_path, RuntimeError("x")) == "Max frequency for clock 'clk': failed"
     (tmp_path / "top.tim").unlink()
