@@ -14,7 +14,8 @@ after another:
   the :class:`Requantizer` into the scratchpad (CHW). ``p_addr = KEEP_PARAMS`` skips loading
   the parameters: the buffer keeps the last ones;
 * ``POOL`` (max/average, or a standalone clamp as a 1x1 max) and ``ADD`` (residual) run on a
-  scalar unit that shares the requantizer;
+  scalar unit that shares the requantizer; a ``POOL``'s windows step on the gatherer's
+  registers (position, bounds, tap addresses), which a ``MATMUL`` never uses at the same time;
 * ``RECV`` (a back end built with ``stream_channels > 0``) takes pixels of the frozen front
   end's output from the ``feature_in`` stream into the scratchpad, one lane per cycle;
 * ``SEND`` and ``RECVS`` (a back end built with ``sparse_engines > 0``) stream a vector from
@@ -29,6 +30,11 @@ those strides (addresses modulo the scratchpad's size, positions saturating past
 bound). With ``add_shares_multiplier`` (small FPGAs) ``ADD``'s per-element products run on
 that multiplier too, four an element. The requantizer registers its input, so the drain's lane
 mux and parameter reads do not reach its multiplier.
+
+Width: with ``compact_fields`` (the iCEBreaker preset) every command field, DRAM address,
+shape and count is kept in the bits it can need (``dram_addr_bits``, ``index_bits``, the
+scratchpad's address bits; :func:`hoarfrost.firmware.isa.field_bits`), not in 32 or 16; the
+compiler checks the firmware fits. The other presets keep the full widths.
 
 The DRAM port is a pair of byte streams per direction (a request ``{addr, length}`` and the
 bytes), the seam where the AXI DMA plugs in. The scratchpad is one byte wide: correctness

@@ -170,7 +170,10 @@ class BackendConfig:
 #: A mid-sized array for simulation and tests.
 DEFAULT = BackendConfig()
 
-#: iCEBreaker (iCE40 UP5K, 8 DSPs): a 2 x 2 array, small buffers, no weight cache.
+#: iCEBreaker (iCE40 UP5K, 8 DSPs, 5,280 logic cells): a 2 x 2 array, small buffers, no
+#: weight cache, and every area saving: compact fields (17-bit DRAM addresses for its 64 KB,
+#: 14-bit shapes), 24-bit counters (``cycles`` wraps after 2**24 cycles, 1.4 s at 12 MHz,
+#: ``macs_issued`` after a quarter of that; the example CNN runs 13,801 cycles).
 ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
                                  acc_depth=64, weight_cache_bytes=0, add_shares_multiplier=True,
                                  requant_saturating_shift=True, engine_keeps_counters=True,
