@@ -287,7 +287,7 @@ def cmd_compile(args) -> int:
             option = "--calib" if args.calib else "--weight-bits"
             raise HoarfrostError(f"{option}: {args.model!r} is already quantized (QDQ); "
                                  f"drop {option}")
-        qgraph = graph
+        qgraph, calib = graph, None
     else:
         if not args.calib:
             raise HoarfrostError(f"{args.model!r} is a float model: give --calib X.npy to "
@@ -295,11 +295,12 @@ def cmd_compile(args) -> int:
         if args.weight_bits is None:
             args.weight_bits = config.backend.weight_bits
         qgraph = _quantized(args, graph)
+        calib = load_npy(args.calib, "--calib")       # checked by _quantized
         source.update(calib_sha256=_sha256_file(args.calib), weight_bits=args.weight_bits)
     m = compile_to_dir(qgraph, config, out, source=source, force=args.force,
                        freeze=args.freeze, sparse=args.sparse,
                        sparse_density=args.sparse_density,
-                       codebook_bits=args.codebook_bits or 4)
+                       codebook_bits=args.codebook_bits or 4, calib=calib)
     d = m["dram"]
     summary = {"out": str(out), "manifest": m}
     b = m["config"]["backend"]
@@ -309,8 +310,13 @@ def cmd_compile(args) -> int:
              ("" if frozen is None else f"{len(frozen['layers'])} layer(s) frozen in logic, ")
              + f"{len(m['layers']) - n_sparse} on the back end")
     if n_sparse:
+        sparse = m["sparse"]
+        pruned = ("" if sparse["pruned_to_density"] is None else
+                  f", pruned to density {sparse['pruned_to_density']:g}"
+                  + (" and re-fitted to the calibration data"
+                     if sparse["refit_to_calibration"] else ""))
         where += (f", {n_sparse} on sparse engine(s) of {m['config']['sparse_pes']} PEs "
-                  f"(commands SEND/RECVS)")
+                  f"(commands SEND/RECVS{pruned})")
     lines = [f"{args.model} -> {out}/ for config {config.name!r} ({b['rows']}x{b['cols']} array, "
              f"scratchpad {b['scratch_bytes']} bytes, {m['config']['clock_mhz']:g} MHz): {where}",
              f"{'layer':<28} {'op':<8} {'output':<14} {'MACs':>8} {'cmds':>5} {'w bytes':>8}"]
@@ -472,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--sparse-density), and model_q.onnx holds them so")
     p.add_argument("--sparse-density", type=float, metavar="D",
                    help="with --sparse: prune those layers by magnitude to this fraction of "
-                        "non-zero weights (default: keep the zeros the model has)")
+                        "non-zero weights, then (a float model's --calib) re-fit the weights "
+                        "kept and the biases by least squares to the dense layers' outputs on "
+                        "the calibration data (default: keep the zeros the model has)")
     p.add_argument("--codebook-bits", type=int, choices=(2, 3, 4), metavar="2|3|4",
                    help="with --sparse: codebook of 2**B entries (default 4: 16)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")

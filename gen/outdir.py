@@ -201,7 +201,8 @@ def check_fields(program, config: HardwareConfig) -> None:
 
 def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: dict,
                    force: bool = False, freeze: int | None = None, sparse: int | None = None,
-                   sparse_density: float | None = None, codebook_bits: int = 4) -> dict:
+                   sparse_density: float | None = None, codebook_bits: int = 4,
+                   calib=None) -> dict:
     """Compile ``qgraph`` for ``config`` and write OUT/; returns the manifest.
 
     ``source`` describes the model compiled (path, sha256, how it was quantized). ``freeze``
@@ -210,7 +211,9 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
     ``sparse`` puts the last ``sparse`` fully connected layers on sparse engines of
     ``config.sparse_pes`` PEs each, pruned to ``sparse_density`` (None: their own zeros) and
     weight-shared to ``2**codebook_bits`` codebook entries (:mod:`hoarfrost.gen.sparse_partition`);
-    model_q.onnx then holds the compressed layers, the golden model ``sim`` checks.
+    model_q.onnx then holds the compressed layers, the golden model ``sim`` checks. With
+    ``calib`` (the float calibration inputs) pruned layers are re-fitted to their dense outputs
+    on them (:func:`hoarfrost.gen.sparse.refit_pruned`).
     Raises :class:`HoarfrostError` (nothing written) if OUT exists without ``force``, the model
     does not fit the configuration or cannot be frozen that deep, or has fewer fully connected
     layers than ``sparse``.
@@ -245,7 +248,8 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
     names = [] if sparse is None else sparse_layer_names(back_graph, sparse)
     if names:
         qgraph = compress_for_engines(qgraph, names, density=sparse_density,
-                                      codebook_bits=codebook_bits, pes=config.sparse_pes)
+                                      codebook_bits=codebook_bits, pes=config.sparse_pes,
+                                      calib=calib)
     check_fits(Graph(back_graph.input, back_graph.output, back_graph.shapes,
                      [layer for layer in back_graph.layers if layer.name not in names],
                      back_graph.quant, back_graph.name), config)
@@ -304,7 +308,8 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
                            "frame_events": frame_events}}),
             **({} if not names else
                {"sparse": _sparse_entry(engines, config.sparse_pes, sparse_density,
-                                        codebook_bits)}),
+                                        codebook_bits,
+                                        refit=calib is not None and sparse_density is not None)}),
             "input": _tensor(graph, graph.input),
             "output": _tensor(graph, graph.output),
             "dram": {"image_bytes": len(program.image),
@@ -351,7 +356,8 @@ def _partition_note(freeze: int | None, names) -> str:
     return "; ".join(parts) + "; every other layer on the programmable back end"
 
 
-def _sparse_entry(engines, pes: int, density: float | None, codebook_bits: int) -> dict:
+def _sparse_entry(engines, pes: int, density: float | None, codebook_bits: int, *,
+                  refit: bool) -> dict:
     """The manifest's description of the sparse engines (engine ``i`` runs ``engines[i]``)."""
     rows = []
     for enc, layer, _ in engines:
@@ -364,7 +370,7 @@ def _sparse_entry(engines, pes: int, density: float | None, codebook_bits: int) 
                      "storage_bits": storage["total"],
                      "bits_per_weight": storage["per_weight"]})
     return {"pes": pes, "fifo_depth": SPARSE_FIFO_DEPTH, "pruned_to_density": density,
-            "codebook_bits": codebook_bits, "engines": rows}
+            "refit_to_calibration": refit, "codebook_bits": codebook_bits, "engines": rows}
 
 
 def _frozen_entry(graph: Graph, layers, specs, freeze: int) -> dict:

@@ -71,6 +71,35 @@ def prune_magnitude(weight: np.ndarray, density: float) -> np.ndarray:
     return np.where(mask, flat, 0).reshape(weight.shape).astype(weight.dtype)
 
 
+def refit_pruned(weight: np.ndarray, bias: np.ndarray, pruned: np.ndarray,
+                 inputs: np.ndarray, ridge: float = 1e-3) -> tuple[np.ndarray, np.ndarray]:
+    """Re-fit a pruned layer's surviving weights and its bias to the dense layer's outputs.
+
+    For each output ``j``, the weights ``pruned[j]`` kept (its non-zeros) and ``bias[j]`` are
+    solved by least squares so that ``inputs @ w + b`` is as close as it can be to the dense
+    ``inputs @ weight[j] + bias[j]`` on the given inputs (rows of ``inputs``: the layer's input
+    vectors, e.g. its activations on the calibration data). Magnitude pruning alone drops the
+    pruned weights' contribution; this moves it onto the weights that stay (the layer-wise
+    reconstruction of optimal brain surgeon / SparseGPT, solved exactly for a linear layer),
+    with no labels and no retraining. ``ridge`` (times the mean squared input) regularizes
+    the solve when there are few inputs. Returns ``(weight, bias)``, zeros where ``pruned``
+    has them.
+    """
+    weight, bias = np.asarray(weight, np.float64), np.asarray(bias, np.float64)
+    inputs = np.asarray(inputs, np.float64).reshape(len(inputs), -1)
+    target = inputs @ weight.T + bias
+    out_w, out_b = np.zeros_like(weight), bias.copy()
+    scale = ridge * max(float(np.mean(inputs ** 2)), 1e-12) * len(inputs)
+    for j in range(weight.shape[0]):
+        kept = np.flatnonzero(pruned[j])
+        a = np.hstack([inputs[:, kept], np.ones((len(inputs), 1))])
+        penalty = np.full(len(kept) + 1, scale)
+        penalty[-1] = 0.0                       # the bias is not shrunk
+        solution = np.linalg.solve(a.T @ a + np.diag(penalty), a.T @ target[:, j])
+        out_w[j, kept], out_b[j] = solution[:-1], solution[-1]
+    return out_w, out_b
+
+
 def kmeans_1d(values: np.ndarray, k: int, iterations: int = 50) -> np.ndarray:
     """Lloyd's k-means of 1-D ``values`` into ``k`` centroids, linear initialisation.
 
@@ -294,7 +323,8 @@ def _real_weight(layer: Dense) -> np.ndarray:
 
 
 def compress_dense(layer: Dense, q_in: QParams, q_out: QParams, *, codebook_bits: int = 4,
-                   density: float | None = None, pes: int = 8) -> tuple[Dense, SparseEncoding]:
+                   density: float | None = None, pes: int = 8,
+                   refit_inputs: np.ndarray | None = None) -> tuple[Dense, SparseEncoding]:
     """Prune, weight-share and encode a quantized :class:`Dense` layer.
 
     Parameters
@@ -310,6 +340,10 @@ def compress_dense(layer: Dense, q_in: QParams, q_out: QParams, *, codebook_bits
         layer already has (an already pruned model).
     pes : int
         Processing elements the encoding interleaves rows over.
+    refit_inputs : ndarray, optional
+        The layer's float input vectors ``(N, cols)`` on calibration data: with ``density``,
+        the kept weights and the bias are re-fitted to the dense layer's outputs on them
+        (:func:`refit_pruned`) before weight sharing.
 
     Returns
     -------
@@ -320,12 +354,16 @@ def compress_dense(layer: Dense, q_in: QParams, q_out: QParams, *, codebook_bits
     if not isinstance(layer, Dense) or layer.weight_q is None:
         raise HoarfrostError(f"layer {getattr(layer, 'name', layer)!r} is not a quantized Dense")
     weight = _real_weight(layer)
-    if density is not None:
-        weight = prune_magnitude(weight, density)
-    codebook, index, scale = share_weights(weight, codebook_bits)
-    weight_q = codebook[index]
     rows = weight.shape[0]
     bias = np.zeros(rows) if layer.bias is None else np.asarray(layer.bias, dtype=np.float64)
+    if density is not None:
+        pruned = prune_magnitude(weight, density)
+        if refit_inputs is None:
+            weight = pruned
+        else:
+            weight, bias = refit_pruned(weight, bias, pruned, refit_inputs)
+    codebook, index, scale = share_weights(weight, codebook_bits)
+    weight_q = codebook[index]
     shared = dataclasses.replace(
         layer, weight=(weight_q * scale).astype(np.float32), bias=bias,
         weight_q=weight_q, weight_scale=np.full(rows, scale), weight_bits=8,
@@ -336,25 +374,40 @@ def compress_dense(layer: Dense, q_in: QParams, q_out: QParams, *, codebook_bits
 
 
 def compress_graph(graph: Graph, *, codebook_bits: int = 4, density: float | None = None,
-                   pes: int = 8, names=None) -> tuple[Graph, dict[str, SparseEncoding]]:
+                   pes: int = 8, names=None,
+                   calib: np.ndarray | None = None) -> tuple[Graph, dict[str, SparseEncoding]]:
     """Compress every :class:`Dense` layer of a quantized graph (see :func:`compress_dense`),
     or only those named in ``names``.
+
+    With ``calib`` (model inputs, float or int8) and ``density``, each pruned layer is re-fitted
+    (:func:`refit_pruned`) to its dense outputs on the calibration data, its inputs taken from
+    the integer model with the layers before it already compressed, so a later layer also
+    makes up for an earlier one's error.
 
     Returns a new graph, runnable by :func:`hoarfrost.sim.golden.run_int`, and the encodings
     keyed by layer name. Other layers are shared with ``graph`` unchanged.
     """
+    from hoarfrost.sim.golden import run_int
+
     if not graph.is_quantized:
         raise HoarfrostError(f"model {graph.name!r} is not quantized")
-    layers, encodings = [], {}
-    for layer in graph.layers:
+
+    def with_layers(layers):
+        return Graph(graph.input, graph.output, dict(graph.shapes), list(layers),
+                     dict(graph.quant), graph.name, graph.input_dtype, dict(graph.extra))
+
+    layers, encodings = list(graph.layers), {}
+    for i, layer in enumerate(graph.layers):
         if isinstance(layer, Dense) and (names is None or layer.name in names):
-            layer, encodings[layer.name] = compress_dense(
+            inputs = None
+            if calib is not None and density is not None:
+                tensor = layer.inputs[0]
+                q = run_int(with_layers(layers), calib, keep_all=True)[tensor]
+                inputs = graph.quant[tensor].dequantize(q).reshape(len(q), -1)
+            layers[i], encodings[layer.name] = compress_dense(
                 layer, graph.quant[layer.inputs[0]], graph.quant[layer.output],
-                codebook_bits=codebook_bits, density=density, pes=pes)
-        layers.append(layer)
-    compressed = Graph(graph.input, graph.output, dict(graph.shapes), layers, dict(graph.quant),
-                       graph.name, graph.input_dtype, dict(graph.extra))
-    return compressed, encodings
+                codebook_bits=codebook_bits, density=density, pes=pes, refit_inputs=inputs)
+    return with_layers(layers), encodings
 
 
 def encode_shared(layer: Dense, pes: int) -> SparseEncoding:

@@ -38,13 +38,15 @@ def sparse_layer_names(graph: Graph, count: int) -> list[str]:
 
 
 def compress_for_engines(graph: Graph, names, *, density: float | None = None,
-                         codebook_bits: int = 4, pes: int = 8) -> Graph:
+                         codebook_bits: int = 4, pes: int = 8, calib=None) -> Graph:
     """``graph`` with the layers ``names`` pruned to ``density`` (None: keep their zeros) and
-    weight-shared to ``2**codebook_bits`` codebook entries; other layers unchanged."""
+    weight-shared to ``2**codebook_bits`` codebook entries; other layers unchanged. With
+    ``calib`` (the calibration inputs) the pruned layers' kept weights and biases are re-fitted
+    to the dense layers' outputs on them (:func:`hoarfrost.gen.sparse.refit_pruned`)."""
     if density is not None and not 0.0 < density <= 1.0:
         raise HoarfrostError(f"--sparse-density must be in (0, 1], not {density!r}")
     compressed, _ = compress_graph(graph, codebook_bits=codebook_bits, density=density, pes=pes,
-                                   names=set(names))
+                                   names=set(names), calib=calib)
     return compressed
 
 
