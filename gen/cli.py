@@ -283,11 +283,15 @@ def cmd_compile(args) -> int:
     source = {"path": args.model, "sha256": _sha256_file(args.model),
               "quantized": graph.is_quantized}
     if graph.is_quantized:
-        if args.calib or args.weight_bits is not None:
-            option = "--calib" if args.calib else "--weight-bits"
+        # a QDQ model's --calib serves only to re-fit pruned layers (--sparse-density)
+        if (args.calib and args.sparse_density is None) or args.weight_bits is not None:
+            option = "--weight-bits" if args.weight_bits is not None else "--calib"
             raise HoarfrostError(f"{option}: {args.model!r} is already quantized (QDQ); "
                                  f"drop {option}")
         qgraph, calib = graph, None
+        if args.calib:
+            calib = check_inputs(graph, load_npy(args.calib, "--calib"), "--calib")
+            source.update(calib_sha256=_sha256_file(args.calib))
     else:
         if not args.calib:
             raise HoarfrostError(f"{args.model!r} is a float model: give --calib X.npy to "
@@ -478,9 +482,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "--sparse-density), and model_q.onnx holds them so")
     p.add_argument("--sparse-density", type=float, metavar="D",
                    help="with --sparse: prune those layers by magnitude to this fraction of "
-                        "non-zero weights, then (a float model's --calib) re-fit the weights "
-                        "kept and the biases by least squares to the dense layers' outputs on "
-                        "the calibration data (default: keep the zeros the model has)")
+                        "non-zero weights, then (given --calib, also for a QDQ model) re-fit "
+                        "the weights kept and the biases by least squares to the dense "
+                        "layers' outputs on the calibration data (default: keep the zeros the "
+                        "model has)")
     p.add_argument("--codebook-bits", type=int, choices=(2, 3, 4), metavar="2|3|4",
                    help="with --sparse: codebook of 2**B entries (default 4: 16)")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="directory to write")

@@ -237,7 +237,7 @@ def test_compile_sparse_writes_the_partition_and_the_compressed_model(capsys, ex
 def test_compile_sparse_density_refits_the_pruned_layer(capsys, examples, tmp_path):
     """The CNN's fc pruned to 30% on an engine: compile re-fits the kept weights to the
     calibration data, and the compiled model keeps 96.1% of the 360 test digits (magnitude
-    pruning alone: 75.3%; dense 8-bit: 97.2%)."""
+    pruning alone, as a QDQ model without --calib compiles: 75.3%; dense 8-bit: 97.2%)."""
     from hoarfrost.gen.cli import main
     from hoarfrost.gen.onnx_import import import_onnx
     assert main(["compile", str(examples / "digits_cnn.onnx"), "--calib",
@@ -248,9 +248,25 @@ def test_compile_sparse_density_refits_the_pruned_layer(capsys, examples, tmp_pa
     assert m["sparse"]["refit_to_calibration"] is True
     assert m["sparse"]["pruned_to_density"] == 0.3
     assert m["sparse"]["engines"][0]["density"] <= 0.3
-    graph = import_onnx(tmp_path / "out" / "model_q.onnx")
     x, y = np.load(examples / "digits_test_x.npy"), np.load(examples / "digits_test_y.npy")
-    assert float((run_int(graph, x).argmax(1) == y).mean()) > 0.95
+
+    def accuracy(out):
+        graph = import_onnx(out / "model_q.onnx")
+        return float((run_int(graph, x).argmax(1) == y).mean())
+
+    assert accuracy(tmp_path / "out") > 0.95
+    # a QDQ model: magnitude pruning alone, unless --calib is given for the refit
+    q = tmp_path / "q.onnx"
+    assert main(["quantize", str(examples / "digits_cnn.onnx"), "--calib",
+                 str(examples / "digits_calib.npy"), "-o", str(q)]) == 0
+    for calib, refit in (([], False), (["--calib", str(examples / "digits_calib.npy")], True)):
+        out = tmp_path / f"qdq_{refit}"
+        assert main(["compile", str(q), *calib, "--sparse", "1", "--sparse-density", "0.3",
+                     "-o", str(out)]) == 0
+        m = json.loads((out / "manifest.json").read_text())
+        assert m["sparse"]["refit_to_calibration"] is refit
+        assert (accuracy(out) > 0.95) if refit else (accuracy(out) < 0.8)
+    capsys.readouterr()
 
 
 def test_all_three_stages_from_the_configuration(capsys, examples, tmp_path):
