@@ -66,7 +66,9 @@ END       the program is done.
 
 Encoding: a command is a header word ``op << 24 | field count`` followed by one 32-bit
 little-endian word per field, in the order listed (signed fields two's complement). Fixed
-field order keeps the sequencer's decoder a counter and a register file.
+field order keeps the sequencer's decoder a counter and a register file. A back end built with
+compact fields (small FPGAs) keeps only the bits each field can need (:func:`field_bits`); the
+compiler checks a program against them (:func:`check_compact_fields`).
 """
 
 from __future__ import annotations

@@ -431,7 +431,7 @@ class BackEnd(wiring.Component):
         # plus the byte taken this cycle), so a byte is there every cycle from the first.
         w_cached = Signal()           # this MATMUL's weights come from the weight cache
         wc_ptr = Signal(range(max(wcache_bytes, 2)))
-        wc_left = Signal(dab)          # weight-cache bytes of this MATMUL not yet taken
+        wc_left = Signal(dab)         # weight-cache bytes of this MATMUL not yet taken
         wc_take = Signal()
         w_src_valid, w_src_byte, w_src_last = (
             Mux(w_cached, wc_left != 0, self.rd_data.valid),
