@@ -23,8 +23,7 @@ from hoarfrost.sim.backend_host import read_output, run_in_amaranth
 from hoarfrost.sim.cycle_model import predict_gemm
 from hoarfrost.sim.golden import quantize_input, run_int
 from hoarfrost.sim.rtl_run import command_cycles, layer_cycles
-from hoarfrost.sim.sequencer_model import (engine_schedule, ideal_engine, predict_matmul,
-                                           predict_program)
+from hoarfrost.sim.sequencer_model import ideal_engine, predict_matmul, predict_program
 from onnx_models import ModelBuilder
 from test_backend import SMALL, split_mid_row, tiny_network
 from test_golden_onnxruntime import import_onnx_bytes
