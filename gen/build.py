@@ -105,6 +105,15 @@ def accelerator_parts(out: Path, manifest: dict) -> tuple[tuple, tuple]:
     return tuple(specs), tuple(engine_layers(graph, names, manifest["config"]["sparse_pes"]))
 
 
+def _advice(cell_type: str) -> str:
+    """What to shrink when there are too few cells of ``cell_type``."""
+    if "RAM" in cell_type or cell_type.startswith("DP16KD"):
+        return "make the buffers or the scratchpad smaller"
+    if "DSP" in cell_type or "MULT" in cell_type or "MAC" in cell_type:
+        return "make the array smaller"
+    return "logic: make the array smaller; on a small FPGA the sequencer itself may not fit"
+
+
 def _why(build_dir: Path, exc: Exception) -> str:
     """The first error the tools logged, shortened to what a user can act on."""
     for log in ("top.tim", "top.rpt"):
@@ -121,8 +130,7 @@ def _why(build_dir: Path, exc: Exception) -> str:
                     need = (f"{int(used[1]):,} {full[1]} cells, the device has "
                             f"{int(used[2]):,}" if used else
                             f"more {full[1]} cells than the device has")
-                    return (f"the design does not fit the FPGA: it needs {need} (make the array "
-                            f"or the buffers smaller)")
+                    return f"the design does not fit the FPGA: it needs {need} ({_advice(full[1])})"
                 return line[len("ERROR:"):].strip()[:200]
     return str(exc).strip().splitlines()[-1] if str(exc).strip() else type(exc).__name__
 

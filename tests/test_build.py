@@ -70,7 +70,13 @@ def test_a_design_too_large_is_named(tmp_path):
         "cell type 'ICESTORM_LC'\n")
     assert build._why(tmp_path, RuntimeError("exit status 125")) == (
         "the design does not fit the FPGA: it needs 10,489 ICESTORM_LC cells, the device has "
-        "5,280 (make the array or the buffers smaller)")
+        "5,280 (logic: make the array smaller; on a small FPGA the sequencer itself may not fit)")
+    (tmp_path / "top.tim").write_text(
+        "ERROR: Unable to place cell 'm', no BELs remaining to implement cell type "
+        "'ICESTORM_RAM'\n")
+    assert build._why(tmp_path, RuntimeError("x")).endswith(
+        "more ICESTORM_RAM cells than the device has (make the buffers or the scratchpad "
+        "smaller)")
     (tmp_path / "top.tim").write_text("ERROR: Max frequency for clock 'clk': failed\n")
     assert build._why(tmp_path, RuntimeError("x")) == "Max frequency for clock 'clk': failed"
     (tmp_path / "top.tim").unlink()
