@@ -153,11 +153,19 @@ def cmd_inspect(args) -> int:
 
 # --- quantize --------------------------------------------------------------------------------
 
-def _quantized(args, graph: Graph) -> Graph:
-    from hoarfrost.gen.quantize import quantize
+def _float_calib(args, graph: Graph) -> np.ndarray:
+    """``--calib``'s inputs for the float ``graph``, checked."""
     calib = check_inputs(graph, load_npy(args.calib, "--calib"), "--calib")
     if calib.dtype == np.int8:
         raise HoarfrostError("--calib: calibration data must be float")
+    return calib
+
+
+def _quantized(args, graph: Graph, calib: np.ndarray | None = None) -> Graph:
+    """``graph`` quantized from ``calib`` (default: ``--calib``'s inputs)."""
+    from hoarfrost.gen.quantize import quantize
+    if calib is None:
+        calib = _float_calib(args, graph)
     return quantize(graph, calib, args.weight_bits)
 
 
@@ -298,8 +306,8 @@ def cmd_compile(args) -> int:
                                  f"quantize it (or compile a QDQ model)")
         if args.weight_bits is None:
             args.weight_bits = config.backend.weight_bits
-        qgraph = _quantized(args, graph)
-        calib = load_npy(args.calib, "--calib")       # checked by _quantized
+        calib = _float_calib(args, graph)     # for the quantizer and the pruning refit
+        qgraph = _quantized(args, graph, calib)
         source.update(calib_sha256=_sha256_file(args.calib), weight_bits=args.weight_bits)
     m = compile_to_dir(qgraph, config, out, source=source, force=args.force,
                        freeze=args.freeze, sparse=args.sparse,
