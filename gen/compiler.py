@@ -43,10 +43,20 @@ class CompileLimits:
     a_depth: int = 1 << 20       # activation-buffer entries: mt * ceil(K / rows) must fit
     table_depth: int = 1 << 16   # parameter-buffer entries an average-pooling table may use
     weight_cache: int = 0        # weight-cache bytes (LOADW); 0: every MATMUL reads DRAM
+    k_max: int | None = None     # serial back end: weight-buffer bytes, the largest K
 
     @classmethod
     def for_backend(cls, config, scratch_bytes: int, param_depth: int) -> "CompileLimits":
-        """The limits of a :class:`~hoarfrost.hw.backend.BackEnd` built from ``config``."""
+        """The limits of a :class:`~hoarfrost.hw.backend.BackEnd` built from ``config``, or of
+        a :class:`~hoarfrost.hw.serial_backend.SerialBackEnd` (``config.serial``): that one
+        has no accumulator bank or parameter buffer, so a ``MATMUL`` covers as many pixels
+        and channels as its index fields hold, and only ``K`` is bounded (by the weight
+        buffer, ``a_depth`` bytes)."""
+        if config.serial:
+            most = (1 << config.index_bits) - 1
+            return cls(scratch_bytes=scratch_bytes, m_tile=most, n_tile=most, rows=1, cols=1,
+                       a_depth=1 << 62, table_depth=most, weight_cache=0,
+                       k_max=config.a_depth)
         return cls(scratch_bytes=scratch_bytes, m_tile=config.acc_depth, n_tile=param_depth,
                    rows=config.rows, cols=config.cols, a_depth=config.a_depth,
                    table_depth=param_depth, weight_cache=config.weight_cache_bytes)
@@ -280,6 +290,10 @@ class _Compiler:
         pixels = out_shape[1] * out_shape[2]
         fg = n_out // groups
         k_tiles = -(-(cg * kh * kw) // self.limits.rows)
+        if self.limits.k_max is not None and cg * kh * kw > self.limits.k_max:
+            raise HoarfrostError(f"layer {layer.name!r}: a window of {cg * kh * kw} taps does "
+                                 f"not fit the serial back end's weight buffer of "
+                                 f"{self.limits.k_max} bytes; raise a_depth")
         m_tile = min(self.limits.m_tile, self.limits.a_depth // k_tiles)
         if m_tile == 0:
             raise HoarfrostError(f"layer {layer.name!r}: one output pixel needs {k_tiles} "

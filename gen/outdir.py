@@ -44,6 +44,7 @@ from hoarfrost.firmware.isa import (KEEP_PARAMS, NO_PARAMS, IsaError, Op, check_
 from hoarfrost.gen.config import HardwareConfig
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import Graph, macs
+from hoarfrost.sim.arith import MULTIPLIER_BITS
 
 __all__ = ["TOPLEVEL", "FILES", "FROZEN_TOPLEVEL", "FROZEN_FILES", "compile_to_dir",
            "read_manifest", "sha256", "frozen_partition"]
@@ -71,7 +72,9 @@ def backend_verilog(backend, scratch_bytes: int, param_depth: int) -> str:
     from amaranth.back import verilog
 
     from hoarfrost.hw.backend import BackEnd
-    design = BackEnd(backend, scratch_bytes=scratch_bytes, param_depth=param_depth)
+    from hoarfrost.hw.serial_backend import SerialBackEnd
+    design = (SerialBackEnd(backend, scratch_bytes=scratch_bytes) if backend.serial
+              else BackEnd(backend, scratch_bytes=scratch_bytes, param_depth=param_depth))
     return verilog.convert(design, name=TOPLEVEL)
 
 
@@ -188,6 +191,14 @@ def check_fields(program, config: HardwareConfig) -> None:
                              f"{firmware_end} bytes, more than the back end's "
                              f"{backend.dram_addr_bits} address bits reach "
                              f"(dram_addr_bits = {backend.dram_addr_bits})")
+    if backend.serial:
+        # its ADD multiplies on the tap pipeline's 16-bit operand (quantized multipliers are
+        # 16 bits; a scale past 2**16 would need more)
+        for index, command in enumerate(program.commands):
+            if command.op == Op.ADD and max(command.mult_a, command.mult_b) >> MULTIPLIER_BITS:
+                raise HoarfrostError(f"command {index} (ADD): multipliers "
+                                     f"{command.mult_a}, {command.mult_b} exceed the serial "
+                                     f"back end's {MULTIPLIER_BITS} bits")
     if backend.compact_fields:
         try:
             check_compact_fields(program.commands, dram_bits=backend.dram_addr_bits,
@@ -234,6 +245,10 @@ def compile_to_dir(qgraph: Graph, config: HardwareConfig, out: Path, *, source: 
         raise HoarfrostError(f"-o {str(out)!r} exists and is not a hoarfrost compile output; "
                              f"not replacing it")
     limits = CompileLimits.for_backend(config.backend, config.scratch_bytes, config.param_depth)
+    if config.backend.serial and (freeze is not None or sparse is not None):
+        raise HoarfrostError(f"--{'freeze' if freeze is not None else 'sparse'} needs the "
+                             f"systolic back end; --config {config.name} builds the serial one "
+                             f"(backend.serial = true)")
 
     def back_end_part(graph):
         """(frozen layers, specs, the graph the back end runs, its program)."""

@@ -27,6 +27,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
+from hoarfrost.hw.serial_backend import SerialBackEnd
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.dram_bridge import DRAM_PORT_STREAMS, DramPortSignature
 from hoarfrost.hw.frozen import FrozenFeatureExtractor
@@ -57,7 +58,8 @@ class Accelerator(wiring.Component):
     Parameters
     ----------
     config : BackendConfig
-        The back end's array and buffers.
+        The back end's array and buffers; with ``serial`` the back end is a
+        :class:`~hoarfrost.hw.serial_backend.SerialBackEnd` (no frozen layers or sparse engines).
     frozen_specs : sequence of ConvSpec / PoolSpec / AvgPoolSpec, optional
         The frozen layers (:func:`hoarfrost.gen.freeze.freeze_specs`); empty: no front end.
     scratch_bytes, param_depth : int
@@ -97,8 +99,14 @@ class Accelerator(wiring.Component):
         channels = frozen_specs[-1].out_channels if frozen_specs else 0
         self.sparse = [SparseMatVec(enc, layer, q_in, fifo_depth=sparse_fifo_depth)
                        for enc, layer, q_in in sparse_layers]
-        self.backend = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
-                               stream_channels=channels, sparse_engines=len(self.sparse))
+        if config.serial:
+            if frozen_specs or sparse_layers:
+                raise ValueError("the serial back end takes no frozen front end and no sparse "
+                                 "engines")
+            self.backend = SerialBackEnd(config, scratch_bytes=scratch_bytes)
+        else:
+            self.backend = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
+                                   stream_channels=channels, sparse_engines=len(self.sparse))
         cw = config.counter_width
         ports = {
             "start": In(1),

@@ -73,6 +73,13 @@ class BackendConfig:
         scratchpad offsets in the scratchpad's address bits, activation values in 16), not in 32:
         fewer flip-flops and narrower compares for a small FPGA. The compiler then checks every
         field fits (:func:`hoarfrost.firmware.isa.check_compact_fields`).
+    serial : bool
+        Build the serial back end (:class:`~hoarfrost.hw.serial_backend.SerialBackEnd`): one
+        multiply-accumulate a cycle through a tap pipeline instead of the systolic array,
+        for an FPGA too small for the array's gatherer and drain. The array must be 1 x 1 (the
+        firmware's weight layout follows it), with no weight cache; ``a_depth`` is then the
+        weight buffer's bytes, the largest ``K`` (``cg * kh * kw``) a ``MATMUL`` may have, and
+        the other buffer depths are unused.
     engine_keeps_counters : bool
         The GEMM engine counts on over its runs (``GemmEngine(keep_counters=True)``) and the
         back end's MAC and buffer counters are its, not sums the back end adds up at each
@@ -96,6 +103,7 @@ class BackendConfig:
     dram_addr_bits: int = 32
     index_bits: int = 16
     compact_fields: bool = False
+    serial: bool = False
 
     def __post_init__(self):
         for name in ("rows", "cols", "a_depth", "acc_depth"):
@@ -127,9 +135,15 @@ class BackendConfig:
             raise ValueError("index_bits below 16 needs compact_fields (its command fields are "
                              "checked against it)")
         for name in ("add_shares_multiplier", "requant_saturating_shift", "engine_keeps_counters",
-                     "compact_fields"):
+                     "compact_fields", "serial"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, not {getattr(self, name)!r}")
+        if self.serial and (self.rows, self.cols) != (1, 1):
+            raise ValueError(f"serial needs a 1 x 1 array (rows = cols = 1), not "
+                             f"{self.rows} x {self.cols}")
+        if self.serial and self.weight_cache_bytes:
+            raise ValueError("serial has no weight cache: weight_cache_bytes must be 0, not "
+                             f"{self.weight_cache_bytes}")
 
     @property
     def pe_count(self) -> int:
