@@ -1,6 +1,8 @@
 """Analytic cycle model of :class:`hoarfrost.hw.backend.BackEnd`: cycles per command and layer.
 
-Every term below is read off the sequencer's FSM (hw/backend.py), state by state. The DRAM
+Every term below is read off the sequencer's FSM (hw/backend.py), state by state (the serial
+back end, ``BackendConfig.serial``, has its own: :mod:`hoarfrost.sim.serial_model`, which
+:func:`predict_command_cycles` and :func:`predict_program` use for it). The DRAM
 is the byte-stream model of ``hoarfrost sim`` (sim/tb/backend_tb.py) and of amaranth.sim
 (:func:`hoarfrost.sim.backend_host.amaranth_dram`) without stalls: a request is taken in the
 first cycle it is posted, its first byte is there ``dram_latency`` cycles later (0 for both
@@ -109,6 +111,7 @@ from collections.abc import Callable, Sequence
 from hoarfrost.firmware.isa import (FIELDS, KEEP_PARAMS, NO_PARAMS, POOL_MAX, WCACHE, Command,
                                     Op, decode)
 from hoarfrost.hw.config import BackendConfig
+from hoarfrost.sim.serial_model import predict_serial_command_cycles
 
 __all__ = ["EngineRun", "MatmulPrediction", "engine_schedule", "ideal_engine", "predict_matmul",
            "predict_command_cycles", "predict_program", "header_cycles"]
@@ -283,7 +286,10 @@ def predict_command_cycles(command: Command, geom: Command | None, config: Backe
     back in ``FETCH`` (or, for ``END``, idle): its fields, ``DISPATCH`` and its execution.
 
     ``geom`` is the last ``GEOM`` command before it (``MATMUL`` and ``POOL`` read it);
-    ``stream_channels`` the lanes of the feature stream (``RECV``)."""
+    ``stream_channels`` the lanes of the feature stream (``RECV``). For a serial back end
+    (``config.serial``) this is :func:`hoarfrost.sim.serial_model.predict_serial_command_cycles`."""
+    if config.serial:
+        return predict_serial_command_cycles(command, geom, config, dram_latency=dram_latency)
     op = command.op
     if op in (Op.MATMUL, Op.POOL) and geom is None:
         raise ValueError(f"{op.name} needs the geometry of a GEOM before it")
@@ -326,7 +332,9 @@ def predict_program(program, config: BackendConfig, *, dram_latency: int = 0,
     """Predicted cycles of each command of ``program`` (a compiled ``Program``, a list of
     commands or the firmware's bytes), counted as :func:`hoarfrost.sim.rtl_run.command_cycles`
     counts the RTL's trace: the first command also has its own header's fetch, every other
-    command the next one's. The list sums to the run's ``cycles`` counter."""
+    command the next one's. The list sums to the run's ``cycles`` counter. A serial back end
+    (``config.serial``) has its own model, :mod:`hoarfrost.sim.serial_model`, under the same
+    conventions (its header fetch takes as long)."""
     if isinstance(program, (bytes, bytearray)):
         commands: Sequence[Command] = decode(bytes(program))
     else:

@@ -6,11 +6,13 @@ taken in the first cycle it is posted, its first byte is there ``dram_latency`` 
 cycles later (0 in amaranth.sim and in ``hoarfrost sim``), one byte follows a cycle, writes are
 taken every cycle; a command's cycles run from the cycle after its header word arrived to the
 cycle the next command's has (the first command also gets its own header's fetch), so the
-list :func:`predict_serial_program` gives sums to the ``cycles`` counter.
+list :func:`hoarfrost.sim.sequencer_model.predict_program` gives for a serial configuration
+(it calls :func:`predict_serial_command_cycles` per command) sums to the ``cycles`` counter.
 
 Fetch. ``FETCH`` 1 and ``HEADER`` ``4 + lat``: ``H = 5 + lat``; then ``FIELDS_REQ`` 1 and
 ``FIELDS`` ``4n + lat`` for a command with ``n`` fields (neither without fields), and
-``DISPATCH`` 1 (as the systolic back end).
+``DISPATCH`` 1 (as the systolic back end, whose
+:func:`~hoarfrost.sim.sequencer_model.header_cycles` :func:`predict_program` adds).
 
 The tap pipeline. A tap issued in cycle ``c`` (stage 0) is read in ``c + 1``, multiplied into
 stage 2 in ``c + 2``; a window's last tap leaves stage 2 as ``v3`` in ``c + 3``, which is its
@@ -35,7 +37,7 @@ MATMUL    ``MM_SETUP`` 3 products: ``5``; per output channel (``nt`` of them, ``
           tap), ``MM_PARAMS`` ``12 + lat``, ``MM_WEIGHTS_REQ`` 1, ``MM_WEIGHTS`` ``K + lat``,
           ``MM_SKIP`` ``m0 + 1`` (a pixel a cycle to pixel ``m0``, one to see it), ``MM_RUN``
           ``mt * K``; after the last channel ``MM_PARAMS_REQ`` 1 and ``DRAIN`` 8 (the tail):
-          ``5 + 1 + nt * (m0 + 15 + 2 * lat + K * (mt + 1)) + 9 * nt`` (the ``9 * nt``: every
+          ``5 + 1 + nt * (m0 + 14 + 2 * lat + K * (mt + 1)) + 9 * nt`` (the ``9 * nt``: every
           channel's tail, in the next channel's ``MM_PARAMS_REQ`` or in ``DRAIN``)
 POOL      ``W = in_c * out_h * out_w`` windows of ``T = kh * kw`` taps. None (``W = 0``):
           ``POOL_RUN`` 1, ``DRAIN`` 1 (after a max pooling's table, if it has one). Max: with a
@@ -55,16 +57,11 @@ for cycle with the RTL in amaranth.sim); with DRAM stalls the RTL can only be sl
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
-from hoarfrost.firmware.isa import FIELDS, NO_PARAMS, POOL_MAX, Command, Op, decode
+from hoarfrost.firmware.isa import FIELDS, NO_PARAMS, POOL_MAX, Command, Op
 from hoarfrost.hw.config import BackendConfig
 
-__all__ = ["TAIL", "predict_serial_command_cycles", "predict_serial_program",
-           "serial_header_cycles"]
+__all__ = ["TAIL", "predict_serial_command_cycles"]
 
-#: ``FETCH`` (the request) plus ``HEADER``'s four bytes.
-FETCH_CYCLES = 1 + 4
 #: Cycles from a window's push into the requantizer to the first idle cycle (its result
 #: written the cycle before): the requantizer's five stages and the write.
 REQUANT_DRAIN = 6
@@ -82,11 +79,6 @@ def products_cycles(steps: int) -> int:
     """A setup state of ``steps`` products on the shared multiplier: one issued a cycle, the
     last taken two cycles after it (``SerialBackEnd``'s ``products``)."""
     return steps + 2
-
-
-def serial_header_cycles(dram_latency: int = 0) -> int:
-    """Fetching one command's header word: ``FETCH`` and ``HEADER``."""
-    return FETCH_CYCLES + dram_latency
 
 
 def _fields_cycles(command: Command, dram_latency: int) -> int:
@@ -159,28 +151,3 @@ def predict_serial_command_cycles(command: Command, geom: Command | None,
         return cycles + _matmul_cycles(command, geom, lat)
     # RECV, LOADW, SEND, RECVS and unknown ops stop the serial back end like END
     raise ValueError(f"the serial back end does not run {op!r}")
-
-
-def predict_serial_program(program, config: BackendConfig | None = None, *,
-                           dram_latency: int = 0) -> list[int]:
-    """Predicted cycles of each command of ``program`` (a compiled ``Program``, a list of
-    commands or the firmware's bytes) on the serial back end, counted as
-    :func:`hoarfrost.sim.rtl_run.command_cycles` counts the RTL's trace: the first command also
-    has its own header's fetch, every other command the next one's. The list sums to the run's
-    ``cycles`` counter."""
-    if isinstance(program, (bytes, bytearray)):
-        commands: Sequence[Command] = decode(bytes(program))
-    else:
-        commands = getattr(program, "commands", program)
-    header = serial_header_cycles(dram_latency)
-    geom, out = None, []
-    for i, command in enumerate(commands):
-        if command.op == Op.GEOM:
-            geom = command
-        cycles = predict_serial_command_cycles(command, geom, config, dram_latency=dram_latency)
-        if i == 0:
-            cycles += header
-        if command.op != Op.END and i + 1 < len(commands):
-            cycles += header
-        out.append(cycles)
-    return out
