@@ -149,6 +149,40 @@ def test_every_pool_kind_takes_the_predicted_cycles(seed, ceil_mode, count_inclu
     check_exact(program, x, qgraph)
 
 
+def test_one_tap_windows_take_the_predicted_cycles():
+    """The smallest windows: a 1x1 convolution of one channel (K = 1, a result every cycle), a
+    1 x 1 average pooling (T = 1: the previous window's push is written just as TABLE_REQ
+    sees stage 2's count), a one-output dense layer."""
+    b = ModelBuilder((1, 3, 4), seed=3)
+    b.conv(1, 2, 1)
+    b.op("AveragePool", [b.last], kernel_shape=[1, 1], strides=[1, 1])
+    b.op("MaxPool", [b.last], kernel_shape=[1, 2], strides=[1, 1], pads=[0, 0, 0, 1])
+    b.op("Flatten", [b.last])
+    graph = import_onnx_bytes(b.finish())
+    b.gemm(graph.shapes[graph.output][0], 1)
+    qgraph, x, program = compiled(b, (1, 3, 4), 3)
+    assert pools(program) == [(POOL_AVG, True), (POOL_MAX, False)]
+    measured = check_exact(program, x, qgraph)
+    # 2 channels x 12 pixels, K = 1: fields, setup, per channel 12 + 1 + 1 + 1 + 12 + the tail
+    matmul = [c.op for c in program.commands].index(Op.MATMUL)
+    assert measured[matmul] == (1 + 4 * len(FIELDS[Op.MATMUL]) + 1) + 5 + 1 \
+        + 2 * (12 + 1 + 1 + 1 + 12 + TAIL) + 5
+
+
+def test_dram_stalls_only_slow_it_down():
+    """With random stalls on every DRAM stream the output is still the golden model's and no
+    command is faster than the model: it is a lower bound there."""
+    qgraph, x, program = conv_pool_network(2, ceil_mode=1, count_include_pad=0)
+    out, counters, starts = run_in_amaranth(SerialBackEnd(SERIAL, scratch_bytes=SCRATCH),
+                                            program, x[0], ("cycles",), trace=True,
+                                            max_cycles=200_000, stall_prob=0.3, seed=1)
+    assert np.array_equal(out, run_int(qgraph, x)[0])
+    measured, predicted = command_cycles(starts, counters["cycles"]), predict_program(program,
+                                                                                     SERIAL)
+    assert all(m >= p for m, p in zip(measured, predicted))
+    assert sum(measured) > sum(predicted) + 400
+
+
 def test_matmul_split_mid_row_skips_to_its_first_pixel():
     """A MATMUL starting at pixel 25 of 7-pixel rows walks there in MM_SKIP, a pixel a cycle
     (25 cycles more per channel than the one starting at 0, beside its pixels); its parameters
