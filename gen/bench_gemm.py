@@ -10,7 +10,7 @@ With ``--synth ecp5|ice40`` it also synthesizes the engine (``--backend``: the w
 with yosys and places and routes it with nextpnr (:mod:`hoarfrost.gen.synth`), for the ULX3S
 85F or the iCEBreaker, and reports utilization and Fmax against ``--freq``; ``--no-sim`` skips
 the simulation. The design built then starts from the board's preset (``ULX3S`` /
-``ICEBREAKER``: its buffer depths) resized to ``--rows`` x ``--cols``; the back end also takes
+``ICE40_ARRAY``: its buffer depths) resized to ``--rows`` x ``--cols``; the back end also takes
 the board's scratchpad size and parameter depth (``ulx3s-85f`` / ``icebreaker`` in
 :data:`hoarfrost.gen.config.PRESETS`).
 """
@@ -26,13 +26,13 @@ from pathlib import Path
 import numpy as np
 
 from hoarfrost.gen.errors import HoarfrostError
-from hoarfrost.hw.config import DEFAULT, ICEBREAKER, ULX3S, BackendConfig
+from hoarfrost.hw.config import DEFAULT, ICE40_ARRAY, ULX3S, BackendConfig
 
 HELP = ("one GEMM on the systolic-array engine in Verilator: measured vs ideal and modelled "
         "cycles; --synth ecp5|ice40 adds utilization and Fmax")
 
 #: Board preset and default clock target (MHz) of each ``--synth`` target.
-SYNTH_TARGETS = {"ecp5": (ULX3S, 50.0), "ice40": (ICEBREAKER, 25.0)}
+SYNTH_TARGETS = {"ecp5": (ULX3S, 50.0), "ice40": (ICE40_ARRAY, 25.0)}
 
 #: The board preset (:data:`hoarfrost.gen.config.PRESETS`) whose scratchpad and parameter
 #: buffer ``--backend`` builds on each ``--synth`` target.

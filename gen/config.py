@@ -90,7 +90,7 @@ PRESETS: dict[str, HardwareConfig] = {
     # Simulation: the BackEnd's default buffers.
     "default": HardwareConfig("default", DEFAULT, scratch_bytes=4096, param_depth=64,
                               clock_mhz=100.0),
-    # iCE40 UP5K: 2 x 2 array, 12 MHz oscillator, an 8 KB scratchpad in block RAM.
+    # iCE40 UP5K: the serial back end, 12 MHz oscillator, an 8 KB scratchpad in block RAM.
     "icebreaker": HardwareConfig("icebreaker", ICEBREAKER, scratch_bytes=8192, param_depth=32,
                                  clock_mhz=12.0, board="icebreaker"),
     # ECP5 85F: 8 x 8 array, 25 MHz oscillator, 32 KB scratchpad.

@@ -44,7 +44,6 @@ from hoarfrost.firmware.isa import (KEEP_PARAMS, NO_PARAMS, IsaError, Op, check_
 from hoarfrost.gen.config import HardwareConfig
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.ir import Graph, macs
-from hoarfrost.sim.arith import MULTIPLIER_BITS
 
 __all__ = ["TOPLEVEL", "FILES", "FROZEN_TOPLEVEL", "FROZEN_FILES", "compile_to_dir",
            "read_manifest", "sha256", "frozen_partition"]
@@ -192,13 +191,12 @@ def check_fields(program, config: HardwareConfig) -> None:
                              f"{backend.dram_addr_bits} address bits reach "
                              f"(dram_addr_bits = {backend.dram_addr_bits})")
     if backend.serial:
-        # its ADD multiplies on the tap pipeline's 16-bit operand (quantized multipliers are
-        # 16 bits; a scale past 2**16 would need more)
-        for index, command in enumerate(program.commands):
-            if command.op == Op.ADD and max(command.mult_a, command.mult_b) >> MULTIPLIER_BITS:
-                raise HoarfrostError(f"command {index} (ADD): multipliers "
-                                     f"{command.mult_a}, {command.mult_b} exceed the serial "
-                                     f"back end's {MULTIPLIER_BITS} bits")
+        from hoarfrost.hw.serial_backend import check_serial_fields
+        try:
+            check_serial_fields(program.commands)
+        except IsaError as exc:
+            raise HoarfrostError(f"the firmware does not suit the serial back end: {exc}") \
+                from None
     if backend.compact_fields:
         try:
             check_compact_fields(program.commands, dram_bits=backend.dram_addr_bits,

@@ -59,6 +59,7 @@ def run(args) -> int:
     from hoarfrost.gen.onnx_import import import_onnx
     from hoarfrost.gen.outdir import read_manifest
     from hoarfrost.hw.board import board_counters
+    from hoarfrost.hw.serial_backend import backend_counters
     from hoarfrost.sim.golden import quantize_input, run_int
 
     out = Path(args.out)
@@ -77,8 +78,9 @@ def run(args) -> int:
 
     transport = SerialTransport(args.port, args.baud)
     engines = len(manifest["partition"].get("sparse_engine", []))
+    serial = bool(manifest["config"]["backend"].get("serial", False))
     dev = Device(transport, timeout=args.timeout,
-                 counter_names=board_counters("frozen" in manifest, engines))
+                 counter_names=board_counters("frozen" in manifest, engines, serial=serial))
     images = []
     try:
         dev.load((out / "weights.bin").read_bytes(), (out / "firmware.bin").read_bytes(),
@@ -88,6 +90,8 @@ def run(args) -> int:
                 board_image(manifest, image), program_addr=dram["firmware_addr"],
                 input_addr=dram["input_addr"], output_addr=dram["output_addr"],
                 output_len=dram["output_bytes"], timeout=10 * args.timeout)
+            if serial:      # its fewer counters, as the back end's whole set
+                counters = {**counters, **backend_counters(counters)}
             got = np.frombuffer(output, dtype=np.int8)
             images.append({"cycles": counters["cycles"], "equal": bool((got == golden[i]).all()),
                            "prediction": int(got.argmax()), "counters": counters})

@@ -27,7 +27,7 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.hw.backend import BACKEND_COUNTERS, BackEnd
-from hoarfrost.hw.serial_backend import SerialBackEnd
+from hoarfrost.hw.serial_backend import SERIAL_COUNTERS, SerialBackEnd
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.dram_bridge import DRAM_PORT_STREAMS, DramPortSignature
 from hoarfrost.hw.frozen import FrozenFeatureExtractor
@@ -72,6 +72,9 @@ class Accelerator(wiring.Component):
         takes them; engine ``i`` is the firmware's ``engine = i``. Empty: no sparse engine.
     sparse_fifo_depth : int
         Work items each sparse PE's queue holds.
+    counter_events : bool
+        With a serial back end: its ``events`` and ``events_clear`` instead of its counters
+        (see :class:`~hoarfrost.hw.serial_backend.SerialBackEnd`), for a counter bank.
 
     Members
     -------
@@ -94,7 +97,8 @@ class Accelerator(wiring.Component):
 
     def __init__(self, config: BackendConfig, frozen_specs: Sequence = (), *,
                  scratch_bytes: int = 4096, param_depth: int = 64, stages: int = 4,
-                 sparse_layers: Sequence = (), sparse_fifo_depth: int = 8):
+                 sparse_layers: Sequence = (), sparse_fifo_depth: int = 8,
+                 counter_events: bool = False):
         self.frozen = FrozenFeatureExtractor(frozen_specs, stages=stages) if frozen_specs else None
         channels = frozen_specs[-1].out_channels if frozen_specs else 0
         self.sparse = [SparseMatVec(enc, layer, q_in, fifo_depth=sparse_fifo_depth)
@@ -103,7 +107,10 @@ class Accelerator(wiring.Component):
             if frozen_specs or sparse_layers:
                 raise ValueError("the serial back end takes no frozen front end and no sparse "
                                  "engines")
-            self.backend = SerialBackEnd(config, scratch_bytes=scratch_bytes)
+            self.backend = SerialBackEnd(config, scratch_bytes=scratch_bytes,
+                                         counter_events=counter_events)
+        elif counter_events:
+            raise ValueError("counter_events is for the serial back end")
         else:
             self.backend = BackEnd(config, scratch_bytes=scratch_bytes, param_depth=param_depth,
                                    stream_channels=channels, sparse_engines=len(self.sparse))
@@ -114,7 +121,8 @@ class Accelerator(wiring.Component):
             "busy": Out(1),
             "done": Out(1),
             **DramPortSignature().members,
-            **{name: Out(cw) for name in BACKEND_COUNTERS},
+            **({"events": Out(len(SERIAL_COUNTERS)), "events_clear": Out(1)} if counter_events
+               else {name: Out(cw) for name in BACKEND_COUNTERS}),
         }
         if self.frozen is not None:
             ports["pixels"] = In(stream.Signature(pixel_layout(frozen_specs[0].in_channels)))
@@ -127,7 +135,9 @@ class Accelerator(wiring.Component):
         m.submodules.backend = backend = self.backend
         m.d.comb += [backend.start.eq(self.start), backend.program_addr.eq(self.program_addr),
                      self.busy.eq(backend.busy), self.done.eq(backend.done)]
-        m.d.comb += [getattr(self, name).eq(getattr(backend, name)) for name in BACKEND_COUNTERS]
+        counter_ports = (("events", "events_clear") if isinstance(backend, SerialBackEnd)
+                         and backend.counter_events else BACKEND_COUNTERS)
+        m.d.comb += [getattr(self, name).eq(getattr(backend, name)) for name in counter_ports]
         for name in DRAM_PORT_STREAMS:
             wiring.connect(m, getattr(backend, name), wiring.flipped(getattr(self, name)))
         if self.frozen is not None:

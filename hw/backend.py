@@ -57,7 +57,7 @@ from hoarfrost.hw.line_buffer import pixel_layout
 from hoarfrost.hw.requant import Requantizer
 from hoarfrost.hw.sparse_matvec import activation_layout
 
-__all__ = ["BackEnd", "BACKEND_COUNTERS", "dram_request_layout"]
+__all__ = ["BackEnd", "BACKEND_COUNTERS", "control_and_dram_ports", "dram_request_layout"]
 
 MAX_FIELDS = max(len(f) for f in FIELDS.values())
 
@@ -83,6 +83,21 @@ BACKEND_COUNTERS = (
 def dram_request_layout() -> data.StructLayout:
     """A DRAM transfer request: ``length`` bytes from byte address ``addr``."""
     return data.StructLayout({"addr": unsigned(32), "length": unsigned(32)})
+
+
+def control_and_dram_ports() -> dict:
+    """The ports every back end has: ``start``, ``program_addr``, ``busy``, ``done`` and the
+    DRAM byte streams (see :class:`BackEnd`)."""
+    return {
+        "start": In(1),
+        "program_addr": In(32),
+        "busy": Out(1),
+        "done": Out(1),
+        "rd_cmd": Out(stream.Signature(dram_request_layout())),
+        "rd_data": In(stream.Signature(8)),
+        "wr_cmd": Out(stream.Signature(dram_request_layout())),
+        "wr_data": Out(stream.Signature(8)),
+    }
 
 
 class BackEnd(wiring.Component):
@@ -162,14 +177,7 @@ class BackEnd(wiring.Component):
                                  "sparse_sel": Out(8)})
         cw = config.counter_width
         super().__init__({
-            "start": In(1),
-            "program_addr": In(32),
-            "busy": Out(1),
-            "done": Out(1),
-            "rd_cmd": Out(stream.Signature(dram_request_layout())),
-            "rd_data": In(stream.Signature(8)),
-            "wr_cmd": Out(stream.Signature(dram_request_layout())),
-            "wr_data": Out(stream.Signature(8)),
+            **control_and_dram_ports(),
             **{name: Out(cw) for name in BACKEND_COUNTERS},
             **feature_port,
         })

@@ -44,22 +44,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import Module, Signal
+from amaranth import Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hoarfrost.hw.accelerator import FROZEN_COUNTERS, Accelerator, sparse_counter_names
 from hoarfrost.hw.axi_share import AxiShare, HostBusAxi
 from hoarfrost.hw.axi_sram import SPRAM_BYTES, AxiSram
+from hoarfrost.hw.counter_bank import CounterBank
 from hoarfrost.hw.backend import BACKEND_COUNTERS
 from hoarfrost.hw.dram_bridge import AxiDramBridge, connect_dram
 from hoarfrost.hw.host_link import ControlRegisters, UartHostLink
 from hoarfrost.hw.line_buffer import pixel_layout
+from hoarfrost.hw.serial_backend import SERIAL_COUNTERS
 from hoarfrost.hw.sdram import (ULX3S_32MB, AxiSdram, SdramPinsSignature, SdramTiming,
                                 connect_platform_sdram)
 from hoarfrost.hw.stream_sram import StreamSram
 
-__all__ = ["BoardTop", "BOARD_COUNTERS", "PixelPacker", "board_counters", "memory_bytes",
+__all__ = ["BoardTop", "BOARD_COUNTERS", "LINK_COUNTERS", "PixelPacker", "board_counters", "memory_bytes",
            "MEMORIES"]
 
 #: The accelerator's memory: on-chip (SPRAM or block RAM) or the ULX3S's SDRAM.
@@ -70,10 +72,19 @@ BOARD_COUNTERS = (*BACKEND_COUNTERS, "link_frames", "link_crc_errors", "link_tim
                   "uart_errors")
 
 
-def board_counters(frozen: bool, sparse_engines: int = 0) -> tuple[str, ...]:
+#: The link's counters, after the back end's.
+LINK_COUNTERS = ("link_frames", "link_crc_errors", "link_timeouts", "uart_errors")
+
+
+def board_counters(frozen: bool, sparse_engines: int = 0, *,
+                   serial: bool = False) -> tuple[str, ...]:
     """The CSR counters of a board top with (``frozen``) or without a frozen front end and with
     ``sparse_engines`` sparse engines: the back end's and the link's, then the frozen block's,
-    then the engines'."""
+    then the engines'. A serial back end (``serial``) has its own, fewer counters
+    (:data:`~hoarfrost.hw.serial_backend.SERIAL_COUNTERS`; expand them with
+    :func:`~hoarfrost.hw.serial_backend.backend_counters`)."""
+    if serial:
+        return (*SERIAL_COUNTERS, *LINK_COUNTERS)
     return (*BOARD_COUNTERS, *(FROZEN_COUNTERS if frozen else ()),
             *sparse_counter_names(sparse_engines))
 
@@ -178,7 +189,9 @@ class BoardTop(wiring.Component):
         self.spram = family == "ice40" if spram is None else spram
         self.config, self.clk_freq, self.family, self.baud = config, clk_freq, family, baud
         self.frozen_specs, self.sparse_layers = tuple(frozen_specs), tuple(sparse_layers)
-        self.counter_names = board_counters(bool(self.frozen_specs), len(self.sparse_layers))
+        self.serial = config is not None and config.backend.serial
+        self.counter_names = board_counters(bool(self.frozen_specs), len(self.sparse_layers),
+                                            serial=self.serial)
         self.memory = memory
         self.memory_bytes = ULX3S_32MB.size if memory == "sdram" else memory_bytes(family)
         pins = {"sdram": Out(SdramPinsSignature(ULX3S_32MB))} if memory == "sdram" else {}
@@ -194,11 +207,22 @@ class BoardTop(wiring.Component):
         narrow = {"addr_width": self.memory_bytes.bit_length() - 1} if ice40 else {}
         m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud,
                                                 stream_port=bool(frozen), **narrow)
-        m.submodules.csr = csr = ControlRegisters(counters=len(self.counter_names))
+        # A serial back end's counters live in a counter bank (block RAM), which the CSRs
+        # read one at a time: no flip-flops or multiplexer of 24-bit counters.
+        banked = len(SERIAL_COUNTERS) if self.serial else 0
+        m.submodules.csr = csr = ControlRegisters(
+            counters=len(self.counter_names), bank_counters=banked,
+            program_addr_bits=(self.memory_bytes - 1).bit_length())
         m.submodules.accel = accel = Accelerator(cfg.backend, frozen,
                                                  scratch_bytes=cfg.scratch_bytes,
                                                  param_depth=cfg.param_depth,
-                                                 sparse_layers=self.sparse_layers)
+                                                 sparse_layers=self.sparse_layers,
+                                                 counter_events=self.serial)
+        if self.serial:
+            m.submodules.counters = bank = CounterBank(banked, cfg.backend.counter_width)
+            m.d.comb += [bank.events.eq(accel.events),
+                         bank.clear.eq(Mux(accel.events_clear, (1 << banked) - 1, 0)),
+                         bank.rd_index.eq(csr.bank_index), csr.bank_value.eq(bank.rd_value)]
         if frozen:
             m.submodules.packer = packer = PixelPacker(frozen[0].in_channels)
             wiring.connect(m, link.stream_out, packer.i_stream)
@@ -233,8 +257,8 @@ class BoardTop(wiring.Component):
             connect_dram(m, accel, bridge)
         m.d.comb += [accel.start.eq(csr.start), accel.program_addr.eq(csr.program_addr),
                      csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
-        values = [*(getattr(accel, name) for name in BACKEND_COUNTERS), link.frames,
-                  link.crc_errors, link.timeouts, link.uart_errors,
+        values = [*(getattr(accel, name) for name in BACKEND_COUNTERS if not self.serial),
+                  link.frames, link.crc_errors, link.timeouts, link.uart_errors,
                   *(getattr(accel, name) for name in FROZEN_COUNTERS if frozen),
                   *(getattr(accel, name)
                     for name in sparse_counter_names(len(self.sparse_layers)))]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-__all__ = ["BackendConfig", "DEFAULT", "ICEBREAKER", "ULX3S"]
+__all__ = ["BackendConfig", "DEFAULT", "ICE40_ARRAY", "ICEBREAKER", "ULX3S"]
 
 
 def _is_power_of_two(value: int) -> bool:
@@ -184,15 +184,23 @@ class BackendConfig:
 #: A mid-sized array for simulation and tests.
 DEFAULT = BackendConfig()
 
-#: iCEBreaker (iCE40 UP5K, 8 DSPs, 5,280 logic cells): a 2 x 2 array, small buffers, no
-#: weight cache, and every area saving: compact fields (17-bit DRAM addresses for its 64 KB,
-#: 14-bit shapes), 24-bit counters (``cycles`` wraps after 2**24 cycles, 1.4 s at 12 MHz,
-#: ``macs_issued`` after a quarter of that; the example CNN runs 13,801 cycles).
-ICEBREAKER = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
-                                 acc_depth=64, weight_cache_bytes=0, add_shares_multiplier=True,
-                                 requant_saturating_shift=True, engine_keeps_counters=True,
-                                 dram_addr_bits=17, index_bits=14, compact_fields=True,
-                                 counter_width=24)
+#: A 2 x 2 array with every area saving of the systolic back end, for the iCE40 (``hoarfrost
+#: bench gemm --synth ice40``): small buffers, no weight cache, compact fields (17-bit DRAM
+#: addresses for 64 KB, 14-bit shapes), 24-bit counters (``cycles`` wraps after 2**24
+#: cycles, 1.4 s at 12 MHz). Its whole back end needs some 7,000 LUT4, more than the UP5K's
+#: 5,280 logic cells.
+ICE40_ARRAY = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=4,
+                                  acc_depth=64, weight_cache_bytes=0, add_shares_multiplier=True,
+                                  requant_saturating_shift=True, engine_keeps_counters=True,
+                                  dram_addr_bits=17, index_bits=14, compact_fields=True,
+                                  counter_width=24)
+
+#: iCEBreaker (iCE40 UP5K, 8 DSPs, 5,280 logic cells): the serial back end (one MAC a cycle,
+#: :class:`~hoarfrost.hw.serial_backend.SerialBackEnd`) with ICE40_ARRAY's savings, a
+#: 512-byte weight buffer (``a_depth``: the largest ``K = cg * kh * kw``), DRAM addresses in
+#: 16 bits (the board's 64 KB) and shapes in 13 (up to 8,191, the scratchpad's size).
+ICEBREAKER = dataclasses.replace(ICE40_ARRAY, rows=1, cols=1, a_depth=512, w_depth=2,
+                                 serial=True, dram_addr_bits=16, index_bits=13)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

@@ -518,7 +518,14 @@ class ControlRegisters(wiring.Component):
     Parameters
     ----------
     counters : int
-        Number of counter inputs.
+        Number of counters.
+    program_addr_bits : int
+        Bits of ``PROGRAM_ADDR`` kept (the rest read 0): the accelerator's memory needs no
+        more.
+    bank_counters : int
+        How many of them (the first) are read from a counter bank
+        (:class:`~hoarfrost.hw.counter_bank.CounterBank`) through ``bank_index`` and
+        ``bank_value``; the others are inputs of ``counters``.
 
     Members
     -------
@@ -528,18 +535,32 @@ class ControlRegisters(wiring.Component):
     program_addr : ``Out(32)``
     busy, done : ``In(1)``
         The accelerator's state; ``done`` is a one-clock pulse.
-    counters : ``In(32)`` array of ``counters`` elements
+    counters : ``In(32)`` array of ``counters - bank_counters`` elements
+        Counters ``bank_counters`` on.
+    bank_index : ``Out(range(bank_counters))``, bank_value : ``In(32)``
+        Only with ``bank_counters``: the counter the bank is asked for, and its value the
+        cycle after (the bank's read latency, which the register read has anyway).
     """
 
-    def __init__(self, *, counters: int):
+    def __init__(self, *, counters: int, bank_counters: int = 0, program_addr_bits: int = 32):
         if not isinstance(counters, int) or not 0 <= counters <= 256 - Csr.COUNTER_BASE:
             raise ValueError(f"Counter count must be an integer from 0 to "
                              f"{256 - Csr.COUNTER_BASE}, not {counters!r}")
-        self.n_counters = counters
+        if not isinstance(bank_counters, int) or not 0 <= bank_counters <= counters:
+            raise ValueError(f"bank_counters must be an integer from 0 to {counters}, not "
+                             f"{bank_counters!r}")
+        if not isinstance(program_addr_bits, int) or not 1 <= program_addr_bits <= 32:
+            raise ValueError(f"program_addr_bits must be an integer from 1 to 32, not "
+                             f"{program_addr_bits!r}")
+        self.n_counters, self.bank_counters = counters, bank_counters
+        self.program_addr_bits = program_addr_bits
+        bank = ({"bank_index": Out(range(bank_counters)), "bank_value": In(32)}
+                if bank_counters else {})
         super().__init__({
             "csr": In(HostBusSignature(addr_width=8, data_width=32)),
             "start": Out(1), "program_addr": Out(32), "busy": In(1), "done": In(1),
-            "counters": In(32).array(counters),
+            "counters": In(32).array(counters - bank_counters),
+            **bank,
         })
 
     def elaborate(self, platform):
@@ -560,21 +581,30 @@ class ControlRegisters(wiring.Component):
                     with m.If((csr.wdata & CTRL_CLEAR_DONE).any()):
                         m.d.sync += done.eq(0)
                 with m.Case(Csr.PROGRAM_ADDR):
-                    m.d.sync += self.program_addr.eq(csr.wdata)
+                    m.d.sync += self.program_addr.eq(csr.wdata[:self.program_addr_bits])
 
         m.d.sync += csr.rvalid.eq(csr.valid & ~csr.we)
+        rdata = Signal(32)              # the value of a register not in the bank
+        from_bank = Signal()
+        m.d.comb += csr.rdata.eq(Mux(from_bank, self.bank_value, rdata) if self.bank_counters
+                                 else rdata)
+        if self.bank_counters:
+            index = csr.addr - Csr.COUNTER_BASE
+            m.d.comb += self.bank_index.eq(index)
+            m.d.sync += from_bank.eq((csr.addr >= Csr.COUNTER_BASE)
+                                     & (index < self.bank_counters))
         with m.Switch(csr.addr):
             with m.Case(Csr.ID):
-                m.d.sync += csr.rdata.eq(CSR_ID_VALUE)
+                m.d.sync += rdata.eq(CSR_ID_VALUE)
             with m.Case(Csr.STATUS):
-                m.d.sync += csr.rdata.eq(Mux(self.busy, STATUS_BUSY, 0) | Mux(done, STATUS_DONE, 0))
+                m.d.sync += rdata.eq(Mux(self.busy, STATUS_BUSY, 0) | Mux(done, STATUS_DONE, 0))
             with m.Case(Csr.PROGRAM_ADDR):
-                m.d.sync += csr.rdata.eq(self.program_addr)
+                m.d.sync += rdata.eq(self.program_addr)
             with m.Case(Csr.COUNTER_COUNT):
-                m.d.sync += csr.rdata.eq(self.n_counters)
-            for k in range(self.n_counters):
+                m.d.sync += rdata.eq(self.n_counters)
+            for k in range(self.bank_counters, self.n_counters):
                 with m.Case(Csr.COUNTER_BASE + k):
-                    m.d.sync += csr.rdata.eq(self.counters[k])
+                    m.d.sync += rdata.eq(self.counters[k - self.bank_counters])
             with m.Default():
-                m.d.sync += csr.rdata.eq(0)
+                m.d.sync += rdata.eq(0)
         return m

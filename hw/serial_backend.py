@@ -43,29 +43,69 @@ from amaranth.lib import stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from hoarfrost.firmware.isa import FIELDS, POOL_AVG_PAD, POOL_MAX, SIGNED, Op, field_bits
-from hoarfrost.hw.backend import BACKEND_COUNTERS, dram_request_layout
+from hoarfrost.firmware.isa import (FIELD_KINDS, FIELDS, POOL_AVG_PAD, POOL_MAX, SIGNED, IsaError,
+                                    Op, field_bits)
+from hoarfrost.hw.backend import BACKEND_COUNTERS, control_and_dram_ports
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.requant import Requantizer
 from hoarfrost.sim.arith import MULTIPLIER_BITS
 
-__all__ = ["SerialBackEnd", "SERIAL_COUNTERS", "SERIAL_OPS"]
+__all__ = ["SerialBackEnd", "SERIAL_ALIASES", "SERIAL_COUNTERS", "SERIAL_KIND_BITS", "SERIAL_OPS",
+           "backend_counters", "check_serial_fields"]
 
 #: The commands the serial back end runs; any other stops it.
 SERIAL_OPS = (Op.LOAD, Op.STORE, Op.GEOM, Op.MATMUL, Op.POOL, Op.ADD, Op.SYNC, Op.END)
 
 #: The counters of :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS` this back end counts; the
-#: others read 0 (it has no GEMM engine buffers, weight cache or feature stream). Two are the
-#: same register: every MAC it issues is useful (``macs_useful`` = ``macs_issued``, padding
-#: taps included as the golden model counts them); ``w_reads`` is the weight buffer's reads,
-#: one a MAC, so it is that register too.
+#: others read 0 (it has no GEMM engine buffers, parameter buffer, weight cache or feature
+#: stream). Three more are one of these (:data:`SERIAL_ALIASES`): every MAC it issues is useful
+#: (``macs_useful``, padding taps included as the golden model counts them), takes one cycle
+#: of the pipeline (``engine_busy_cycles``) and one weight-buffer read (``w_reads``).
 SERIAL_COUNTERS = ("cycles", "fetch_cycles", "matmul_cycles", "pool_cycles", "add_cycles",
                    "copy_cycles", "commands", "dram_read_bytes", "dram_write_bytes",
-                   "scratch_reads", "scratch_writes", "macs_issued", "engine_busy_cycles",
-                   "engine_stall_cycles", "w_writes", "param_writes")
-_ALIASES = {"macs_useful": "macs_issued", "w_reads": "macs_issued"}
+                   "scratch_reads", "scratch_writes", "macs_issued", "engine_stall_cycles",
+                   "w_writes")
+SERIAL_ALIASES = {"macs_useful": "macs_issued", "engine_busy_cycles": "macs_issued",
+                  "w_reads": "macs_issued"}
 
-_EXEC_OPS = [op for op in SERIAL_OPS if op != Op.GEOM]
+
+#: Bits of the field kinds (:data:`~hoarfrost.firmware.isa.FIELD_KINDS`) this back end uses
+#: fewer of than the ISA's compact widths: zero points and clamps are int8 values, which
+#: ``x - zero_point`` takes in 9 bits, and ``ADD``'s multipliers are the requantizer's 16-bit
+#: ones (its tap pipeline multiplies by them). :func:`check_serial_fields` checks a program.
+SERIAL_KIND_BITS = {"value": 9, "word": MULTIPLIER_BITS}
+
+
+def check_serial_fields(commands) -> None:
+    """Raise :class:`~hoarfrost.firmware.isa.IsaError` naming the first command the serial
+    back end cannot run as the ISA says: an op it does not build, or a value or multiplier
+    wider than :data:`SERIAL_KIND_BITS`."""
+    for index, command in enumerate(commands):
+        if command.op not in SERIAL_OPS:
+            raise IsaError(f"command {index} ({command.op.name}) is not built in the serial "
+                           f"back end")
+        for name, value in command.fields:
+            bits = SERIAL_KIND_BITS.get(FIELD_KINDS[name])
+            if bits is None:
+                continue
+            lo, hi = ((-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if name in SIGNED
+                      else (0, (1 << bits) - 1))
+            if not lo <= value <= hi:
+                raise IsaError(f"command {index} ({command.op.name}): {name} = {value} does "
+                               f"not fit the serial back end's {bits} bits")
+
+
+def backend_counters(serial_values: dict[str, int]) -> dict[str, int]:
+    """All of :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS` from the serial back end's
+    :data:`SERIAL_COUNTERS` (a board with a serial back end reads only those)."""
+    return {name: serial_values.get(SERIAL_ALIASES.get(name, name), 0)
+            for name in BACKEND_COUNTERS}
+
+
+_EXEC_OPS = [op for op in SERIAL_OPS if FIELDS[op]]
+#: The geometry a MATMUL's or POOL's loops read; GEOM's other fields (in_h, in_w and the
+#: bottom and right padding) are read only by its own setup, from the command registers.
+_GEOM_KEPT = ("in_c", "out_h", "out_w", "kh", "kw", "sh", "sw", "pad_top", "pad_left", "dh", "dw")
 
 
 class SerialBackEnd(wiring.Component):
@@ -79,16 +119,26 @@ class SerialBackEnd(wiring.Component):
         ``MATMUL``. The array must be 1 x 1 (the firmware's weight layout follows it).
     scratch_bytes : int
         Scratchpad size (bytes).
+    counter_events : bool
+        Leave the counting to the user (a :class:`~hoarfrost.hw.counter_bank.CounterBank`):
+        build ``events`` and ``events_clear`` instead of the counters.
 
     Members
     -------
     The ports of :class:`~hoarfrost.hw.backend.BackEnd` without a feature stream or sparse
     engines: ``start``, ``program_addr``, ``busy``, ``done``, the DRAM byte streams ``rd_cmd``,
     ``rd_data``, ``wr_cmd``, ``wr_data`` and the counters of
-    :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS` (see :data:`SERIAL_COUNTERS`).
+    :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS` (see :data:`SERIAL_COUNTERS`), or with
+    ``counter_events``:
+
+    events : ``Out(len(SERIAL_COUNTERS))``
+        Bit ``i``: counter ``SERIAL_COUNTERS[i]`` counts one this cycle.
+    events_clear : ``Out(1)``
+        The counters restart from 0 (pulses as ``start`` is taken).
     """
 
-    def __init__(self, config: BackendConfig, *, scratch_bytes: int = 4096):
+    def __init__(self, config: BackendConfig, *, scratch_bytes: int = 4096,
+                 counter_events: bool = False):
         if (config.rows, config.cols) != (1, 1):
             raise ValueError(f"the serial back end runs a 1 x 1 array's firmware, not "
                              f"{config.rows} x {config.cols}")
@@ -97,18 +147,11 @@ class SerialBackEnd(wiring.Component):
                              f"{scratch_bytes!r}")
         self._config = config
         self.scratch_bytes = scratch_bytes
+        self.counter_events = counter_events
         cw = config.counter_width
-        super().__init__({
-            "start": In(1),
-            "program_addr": In(32),
-            "busy": Out(1),
-            "done": Out(1),
-            "rd_cmd": Out(stream.Signature(dram_request_layout())),
-            "rd_data": In(stream.Signature(8)),
-            "wr_cmd": Out(stream.Signature(dram_request_layout())),
-            "wr_data": Out(stream.Signature(8)),
-            **{name: Out(cw) for name in BACKEND_COUNTERS},
-        })
+        counter_ports = ({"events": Out(len(SERIAL_COUNTERS)), "events_clear": Out(1)}
+                         if counter_events else {name: Out(cw) for name in BACKEND_COUNTERS})
+        super().__init__({**control_and_dram_ports(), **counter_ports})
 
     @property
     def config(self) -> BackendConfig:
@@ -116,13 +159,16 @@ class SerialBackEnd(wiring.Component):
 
     def _field_width(self, index: int, scratch_bits: int) -> int:
         """Bits of command-field register ``index``: the most any executed command's field in
-        that place needs (:func:`field_bits`), 32 without ``compact_fields``."""
+        that place needs (:func:`field_bits`, narrowed by :data:`SERIAL_KIND_BITS`), 32
+        without ``compact_fields``."""
         cfg = self._config
         if not cfg.compact_fields:
             return 32
-        return max(field_bits(op, FIELDS[op][index], dram_bits=cfg.dram_addr_bits,
-                              scratch_bits=scratch_bits, weight_cache=False,
-                              index_bits=cfg.index_bits)
+        return max(SERIAL_KIND_BITS.get(FIELD_KINDS[FIELDS[op][index]],
+                                        field_bits(op, FIELDS[op][index],
+                                                   dram_bits=cfg.dram_addr_bits,
+                                                   scratch_bits=scratch_bits, weight_cache=False,
+                                                   index_bits=cfg.index_bits))
                    for op in _EXEC_OPS if index < len(FIELDS[op]))
 
     def elaborate(self, platform):
@@ -130,8 +176,11 @@ class SerialBackEnd(wiring.Component):
         cfg = self._config
         ib, dab = cfg.index_bits, cfg.dram_addr_bits
 
+        # (the requantization parameters change only while nothing is in flight: every
+        # change waits for ``idle_pipe``)
         m.submodules.requant = rq = Requantizer(cfg.acc_width,
-                                                saturating_shift=cfg.requant_saturating_shift)
+                                                saturating_shift=cfg.requant_saturating_shift,
+                                                held_params=True)
         m.submodules.scratch = scratch = Memory(shape=signed(8), depth=self.scratch_bytes, init=[])
         s_rd, s_wr = scratch.read_port(), scratch.write_port()
         m.submodules.wbuf = wbuf = Memory(shape=signed(8), depth=cfg.a_depth, init=[])
@@ -139,14 +188,27 @@ class SerialBackEnd(wiring.Component):
         aw = len(s_rd.addr)
 
         # --- counters -----------------------------------------------------------------------
-        cw = cfg.counter_width
-        counters = {name: Signal(cw, name=f"n_{name}") for name in SERIAL_COUNTERS}
-        for name in BACKEND_COUNTERS:
-            source = counters.get(_ALIASES.get(name, name))
-            m.d.comb += getattr(self, name).eq(0 if source is None else source)
+        # Every count is an event strobe (comb); counted here into registers or outside.
+        events = {name: Signal(name=f"ev_{name}") for name in SERIAL_COUNTERS}
+        counters_clear = Signal()
 
-        def count(name, amount=1):
-            return counters[name].eq(counters[name] + amount)
+        def count(name):
+            return events[name].eq(1)
+
+        if self.counter_events:
+            m.d.comb += [self.events.eq(Cat(events[name] for name in SERIAL_COUNTERS)),
+                         self.events_clear.eq(counters_clear)]
+        else:
+            cw = cfg.counter_width
+            counters = {name: Signal(cw, name=f"n_{name}") for name in SERIAL_COUNTERS}
+            for name in BACKEND_COUNTERS:
+                source = counters.get(SERIAL_ALIASES.get(name, name))
+                m.d.comb += getattr(self, name).eq(0 if source is None else source)
+            for name, counter in counters.items():
+                with m.If(counters_clear):
+                    m.d.sync += counter.eq(0)
+                with m.Elif(events[name]):
+                    m.d.sync += counter.eq(counter + 1)
 
         # --- command registers ----------------------------------------------------------------
         pc = Signal(dab)
@@ -155,9 +217,7 @@ class SerialBackEnd(wiring.Component):
         field_i = Signal(8)
         n_regs = max(len(FIELDS[o]) for o in _EXEC_OPS)
         fields = Array(Signal(self._field_width(i, aw), name=f"field{i}") for i in range(n_regs))
-        geom_names = FIELDS[Op.GEOM]
-        geom = {name: Signal(ib, name=f"g_{name}") for name in geom_names}
-        geom_regs = Array(geom[name] for name in geom_names)
+        geom = {name: Signal(ib, name=f"g_{name}") for name in _GEOM_KEPT}
 
         def field(command: Op, name: str):
             value = fields[FIELDS[command].index(name)]
@@ -185,7 +245,8 @@ class SerialBackEnd(wiring.Component):
         word_done = Signal()
         m.d.comb += word_done.eq(got_byte & (byte_idx == 3))
         with m.If(got_byte):
-            m.d.sync += [word.eq(full_word), byte_idx.eq(byte_idx + 1), count("dram_read_bytes")]
+            m.d.sync += [word.eq(full_word), byte_idx.eq(byte_idx + 1)]
+            m.d.comb += count("dram_read_bytes")
 
         def dram_read(addr, length):
             return [self.rd_cmd.valid.eq(1), self.rd_cmd.payload.addr.eq(addr),
@@ -194,7 +255,7 @@ class SerialBackEnd(wiring.Component):
         # --- setup products: one registered multiplier ----------------------------------------
         pw = max(ib, aw)
         mul_a, mul_b = Signal(pw), Signal(pw)
-        mul_p = Signal(2 * pw)
+        mul_p = Signal(2 * pw, reset_less=True)   # (no reset: the DSP's output register)
         m.d.sync += mul_p.eq(mul_a * mul_b)
         setup_step = Signal(4)
 
@@ -235,7 +296,6 @@ class SerialBackEnd(wiring.Component):
         yb, xb = Signal(ib + 3), Signal(ib + 3)           # oy * sh, ox * sw (saturating)
         line = Signal(aw)             # address of the current output row's window (0, 0) tap
         pix = Signal(aw)              # ... of the current pixel's
-        cbase = Signal(aw)            # address of the window's first channel
         kx, ky, kc = Signal(ib), Signal(ib), Signal(ib)
         kxd, kyd = Signal(ib + 3), Signal(ib + 3)         # kx * dw, ky * dh (saturating)
         tap = Signal(aw)              # address of the tap (ADD: of a's element)
@@ -256,40 +316,67 @@ class SerialBackEnd(wiring.Component):
         last_ox, last_oy = Signal(), Signal()
         m.d.comb += [last_ox.eq(ox + 1 == geom["out_w"]), last_oy.eq(oy + 1 == geom["out_h"])]
 
-        def restart_window(origin):
-            """The tap registers back at the first tap of the window whose first tap is at
-            ``origin``."""
-            return [kx.eq(0), ky.eq(0), kc.eq(0), kxd.eq(0), kyd.eq(0), k_idx.eq(0),
-                    tap.eq(origin), row.eq(origin), chan.eq(origin)]
+        # The addresses move by one sum a step, on one shared adder: the tap steps along the
+        # kernel row (+dw), to the next kernel row (+dh * in_w) or channel (+in_h * in_w); the
+        # pixel steps along the output row (+sw) or to the next (+sh * in_w); each move also
+        # restarts the registers below it (row, channel, pixel) at the same address. `corner`
+        # is the window (0, 0) tap of output pixel 0 in the current channel.
+        corner = Signal(aw)
+        moves = ("tap_x", "tap_y", "tap_c", "pix_x", "pix_y", "corner", "next_chan",
+                 "add_a", "add_b")
+        move = {name: Signal(name=f"move_{name}") for name in moves}
+        operands = {"tap_x": (tap, geom["dw"]), "tap_y": (row, dh_in), "tap_c": (chan, hw_in),
+                    "pix_x": (pix, geom["sw"]), "pix_y": (line, sh_in), "corner": (corner, 0),
+                    "next_chan": (corner, hw_in), "add_a": (tap, 1), "add_b": (row, 1)}
+        addend, step = Signal(aw), Signal(aw)
+        for name in moves:
+            with m.If(move[name]):
+                m.d.comb += [addend.eq(operands[name][0]), step.eq(operands[name][1])]
+        moved = Signal(aw)
+        m.d.comb += moved.eq(addend + step)
+        # which registers take the sum, by move
+        takers = [(tap, [n for n in moves if n != "add_b"]),
+                  (row, ["tap_y", "tap_c", "pix_x", "pix_y", "corner", "next_chan", "add_b"]),
+                  (chan, ["tap_c", "pix_x", "pix_y", "corner", "next_chan"]),
+                  (pix, ["pix_x", "pix_y", "corner", "next_chan"]),
+                  (line, ["pix_y", "corner", "next_chan"]),
+                  (corner, ["next_chan"])]
+        for register, names in takers:
+            with m.If(Cat(move[name] for name in names).any()):
+                m.d.sync += register.eq(moved)
+
+        def restart_taps():
+            """The tap counters back at the window's first tap."""
+            return [kx.eq(0), ky.eq(0), kc.eq(0), kxd.eq(0), kyd.eq(0), k_idx.eq(0)]
 
         def step_tap():
             """The next tap of the window (kx fastest, then ky, then the channel)."""
             m.d.sync += k_idx.eq(k_idx + 1)
             with m.If(~last_kx):
-                m.d.sync += [kx.eq(kx + 1), kxd.eq(sat(kxd + geom["dw"])),
-                             tap.eq(tap + geom["dw"])]
+                m.d.sync += [kx.eq(kx + 1), kxd.eq(sat(kxd + geom["dw"]))]
+                m.d.comb += move["tap_x"].eq(1)
             with m.Elif(~last_ky):
-                m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(ky + 1), kyd.eq(sat(kyd + geom["dh"])),
-                             row.eq(row + dh_in), tap.eq(row + dh_in)]
+                m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(ky + 1), kyd.eq(sat(kyd + geom["dh"]))]
+                m.d.comb += move["tap_y"].eq(1)
             with m.Else():
-                m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(0), kyd.eq(0), kc.eq(kc + 1),
-                             chan.eq(chan + hw_in), row.eq(chan + hw_in), tap.eq(chan + hw_in)]
+                m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(0), kyd.eq(0), kc.eq(kc + 1)]
+                m.d.comb += move["tap_c"].eq(1)
 
         def step_pixel():
             """The next output pixel (raster order) and its window's first tap."""
+            m.d.sync += restart_taps()
             with m.If(~last_ox):
-                m.d.sync += [ox.eq(ox + 1), xb.eq(sat(xb + geom["sw"])), pix.eq(pix + geom["sw"]),
-                             *restart_window(pix + geom["sw"])]
+                m.d.sync += [ox.eq(ox + 1), xb.eq(sat(xb + geom["sw"]))]
+                m.d.comb += move["pix_x"].eq(1)
             with m.Else():
-                m.d.sync += [ox.eq(0), xb.eq(0), oy.eq(oy + 1), yb.eq(sat(yb + geom["sh"])),
-                             line.eq(line + sh_in), pix.eq(line + sh_in),
-                             *restart_window(line + sh_in)]
+                m.d.sync += [ox.eq(0), xb.eq(0), oy.eq(oy + 1), yb.eq(sat(yb + geom["sh"]))]
+                m.d.comb += move["pix_y"].eq(1)
 
-        def restart_pixels(channel_base):
-            """The walker at output pixel 0 of the channel(s) starting at ``channel_base``."""
-            origin = channel_base - org
-            return [ox.eq(0), oy.eq(0), xb.eq(0), yb.eq(0), line.eq(origin), pix.eq(origin),
-                    *restart_window(origin)]
+        def restart_pixels(next_channel=False):
+            """The walker at output pixel 0 of the channel at ``corner`` (or, with
+            ``next_channel``, of the next channel)."""
+            m.d.sync += [ox.eq(0), oy.eq(0), xb.eq(0), yb.eq(0), *restart_taps()]
+            m.d.comb += move["next_chan" if next_channel else "corner"].eq(1)
 
         # --- the tap pipeline ------------------------------------------------------------------
         issue = Signal()              # stage 0 issues a tap this cycle
@@ -312,7 +399,7 @@ class SerialBackEnd(wiring.Component):
                                Mux(is_add, Mux(b1, field(Op.ADD, "mult_b")[:MULTIPLIER_BITS],
                                                field(Op.ADD, "mult_a")[:MULTIPLIER_BITS]), 1)))
         v2, first2, last2, counted2 = Signal(), Signal(), Signal(), Signal()
-        prod2 = Signal(signed(len(xz) + len(wop)))
+        prod2 = Signal(signed(len(xz) + len(wop)), reset_less=True)
         xv2 = Signal(signed(10))      # the element for the maximum: -129 outside the input
         m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1), counted2.eq(counted1),
                      prod2.eq(xz * wop), xv2.eq(Mux(inside1, s_rd.data, -129))]
@@ -366,7 +453,8 @@ class SerialBackEnd(wiring.Component):
         m.d.comb += [s_wr.data.eq(rq.o_stream.payload), s_wr.addr.eq(wr_ptr)]
         with m.If(rq.o_stream.valid):
             m.d.comb += s_wr.en.eq(1)
-            m.d.sync += [count("scratch_writes"), wr_ptr.eq(wr_ptr + 1), wr_cnt.eq(wr_cnt + 1)]
+            m.d.sync += [wr_ptr.eq(wr_ptr + 1), wr_cnt.eq(wr_cnt + 1)]
+            m.d.comb += count("scratch_writes")
             with m.If(is_mm & (wr_cnt + 1 == field(Op.MATMUL, "mt"))):
                 m.d.sync += [wr_ptr.eq(wr_ptr + wr_jump), wr_cnt.eq(0)]
         m.d.sync += inflight.eq(inflight + push - rq.o_stream.valid)
@@ -390,67 +478,65 @@ class SerialBackEnd(wiring.Component):
         busy_prev = Signal()
         m.d.comb += self.busy.eq(busy_prev)
         with m.If(self.busy):
-            m.d.sync += count("cycles")
+            m.d.comb += count("cycles")
         with m.If(issue & t_inside):
-            m.d.sync += count("scratch_reads")
+            m.d.comb += count("scratch_reads")
 
         with m.FSM() as fsm:
             with m.State("IDLE"):
                 with m.If(self.start):
-                    m.d.sync += [pc.eq(self.program_addr), busy_prev.eq(1),
-                                 *(c.eq(0) for c in counters.values())]
+                    m.d.sync += [pc.eq(self.program_addr), busy_prev.eq(1)]
+                    m.d.comb += counters_clear.eq(1)
                     m.next = "FETCH"
 
             with m.State("FETCH"):
-                m.d.sync += count("fetch_cycles")
+                m.d.comb += count("fetch_cycles")
                 m.d.comb += dram_read(pc, 4)
                 with m.If(self.rd_cmd.ready):
                     m.d.sync += byte_idx.eq(0)
                     m.next = "HEADER"
 
             with m.State("HEADER"):
-                m.d.sync += count("fetch_cycles")
+                m.d.comb += count("fetch_cycles")
                 m.d.comb += take_bytes.eq(1)
                 with m.If(word_done):
                     m.d.sync += [op.eq(full_word[24:]), n_fields.eq(full_word[:8]),
-                                 pc.eq(pc + 4), field_i.eq(0), count("commands")]
+                                 pc.eq(pc + 4), field_i.eq(0)]
+                    m.d.comb += count("commands")
                     with m.If(full_word[:8] == 0):
                         m.next = "DISPATCH"
                     with m.Else():
                         m.next = "FIELDS_REQ"
 
             with m.State("FIELDS_REQ"):
-                m.d.sync += count("fetch_cycles")
+                m.d.comb += count("fetch_cycles")
                 m.d.comb += dram_read(pc, n_fields * 4)
                 with m.If(self.rd_cmd.ready):
                     m.next = "FIELDS"
 
             with m.State("FIELDS"):
-                m.d.sync += count("fetch_cycles")
+                m.d.comb += count("fetch_cycles")
                 m.d.comb += take_bytes.eq(1)
                 with m.If(word_done):
-                    # GEOM's fields go to the geometry registers, every other op's to the
-                    # command registers
-                    with m.If(op == Op.GEOM):
-                        m.d.sync += geom_regs[field_i].eq(full_word)
-                    with m.Else():
-                        m.d.sync += fields[field_i].eq(full_word)
+                    m.d.sync += fields[field_i].eq(full_word)
                     m.d.sync += [field_i.eq(field_i + 1), pc.eq(pc + 4)]
                     with m.If(field_i + 1 == n_fields):
                         m.next = "DISPATCH"
 
             with m.State("DISPATCH"):
-                m.d.sync += count("fetch_cycles")
+                m.d.comb += count("fetch_cycles")
                 with m.Switch(op):
                     with m.Case(Op.LOAD):
                         m.next = "LOAD_REQ"
                     with m.Case(Op.STORE):
                         m.next = "STORE_REQ"
                     with m.Case(Op.GEOM):
-                        m.d.sync += [y_end.eq(geom["in_h"] + geom["pad_top"]),
-                                     x_end.eq(geom["in_w"] + geom["pad_left"]),
-                                     y_pad_end.eq(geom["in_h"] + geom["pad_top"] + geom["pad_bottom"]),
-                                     x_pad_end.eq(geom["in_w"] + geom["pad_left"] + geom["pad_right"])]
+                        g = {name: field(Op.GEOM, name) for name in FIELDS[Op.GEOM]}
+                        m.d.sync += [*(geom[name].eq(g[name]) for name in _GEOM_KEPT),
+                                     y_end.eq(g["in_h"] + g["pad_top"]),
+                                     x_end.eq(g["in_w"] + g["pad_left"]),
+                                     y_pad_end.eq(g["in_h"] + g["pad_top"] + g["pad_bottom"]),
+                                     x_pad_end.eq(g["in_w"] + g["pad_left"] + g["pad_right"])]
                         m.next = "GEOM_SETUP"
                     with m.Case(Op.MATMUL):
                         p_addr = field(Op.MATMUL, "p_addr")
@@ -462,9 +548,11 @@ class SerialBackEnd(wiring.Component):
                                      wr_cnt.eq(0)]
                         m.next = "MM_SETUP"
                     with m.Case(Op.POOL):
-                        m.d.sync += [n_cnt.eq(0), cbase.eq(field(Op.POOL, "src")),
-                                     wr_ptr.eq(field(Op.POOL, "dst")), k_total.eq(khkw),
-                                     *restart_pixels(field(Op.POOL, "src"))]
+                        origin = field(Op.POOL, "src") - org
+                        m.d.sync += [n_cnt.eq(0), wr_ptr.eq(field(Op.POOL, "dst")),
+                                     k_total.eq(khkw), ox.eq(0), oy.eq(0), xb.eq(0), yb.eq(0),
+                                     *restart_taps(),
+                                     *(r.eq(origin) for r in (corner, line, pix, chan, row, tap))]
                         with m.If(has_table & pool_max):
                             m.next = "TABLE_REQ"
                         with m.Else():
@@ -482,39 +570,41 @@ class SerialBackEnd(wiring.Component):
                         m.next = "END"          # END, and an op this back end does not run
 
             with m.State("GEOM_SETUP"):
-                m.d.sync += count("fetch_cycles")
+                m.d.comb += count("fetch_cycles")
 
                 def geom_done():
                     m.next = "FETCH"
 
+                g = {name: field(Op.GEOM, name) for name in FIELDS[Op.GEOM]}
                 products([
-                    (geom["in_h"], geom["in_w"], lambda p: [hw_in.eq(p)]),
-                    (geom["out_h"], geom["out_w"], lambda p: [hw_out.eq(p)]),
-                    (geom["kh"], geom["kw"], lambda p: [khkw.eq(p)]),
-                    (geom["sh"], geom["in_w"], lambda p: [sh_in.eq(p)]),
-                    (geom["dh"], geom["in_w"], lambda p: [dh_in.eq(p)]),
-                    (geom["pad_top"], geom["in_w"], lambda p: [org.eq(p + geom["pad_left"])]),
+                    (g["in_h"], g["in_w"], lambda p: [hw_in.eq(p)]),
+                    (g["out_h"], g["out_w"], lambda p: [hw_out.eq(p)]),
+                    (g["kh"], g["kw"], lambda p: [khkw.eq(p)]),
+                    (g["sh"], g["in_w"], lambda p: [sh_in.eq(p)]),
+                    (g["dh"], g["in_w"], lambda p: [dh_in.eq(p)]),
+                    (g["pad_top"], g["in_w"], lambda p: [org.eq(p + g["pad_left"])]),
                 ], geom_done)
 
             # ---- LOAD / STORE: one byte a cycle ---------------------------------------------
             with m.State("LOAD_REQ"):
-                m.d.sync += count("copy_cycles")
+                m.d.comb += count("copy_cycles")
                 m.d.comb += dram_read(field(Op.LOAD, "dram_addr"), field(Op.LOAD, "length"))
                 with m.If(self.rd_cmd.ready):
                     m.d.sync += copy_i.eq(0)
                     m.next = "LOAD_DATA"
             with m.State("LOAD_DATA"):
-                m.d.sync += count("copy_cycles")
+                m.d.comb += count("copy_cycles")
                 with m.If(copy_i == field(Op.LOAD, "length")):
                     m.next = "FETCH"
                 with m.Else():
                     m.d.comb += [take_bytes.eq(1), s_wr.addr.eq(field(Op.LOAD, "dst") + copy_i),
                                  s_wr.data.eq(self.rd_data.payload), s_wr.en.eq(got_byte)]
                     with m.If(got_byte):
-                        m.d.sync += [copy_i.eq(copy_i + 1), count("scratch_writes")]
+                        m.d.sync += copy_i.eq(copy_i + 1)
+                        m.d.comb += count("scratch_writes")
 
             with m.State("STORE_REQ"):
-                m.d.sync += count("copy_cycles")
+                m.d.comb += count("copy_cycles")
                 m.d.comb += [self.wr_cmd.valid.eq(1),
                              self.wr_cmd.payload.addr.eq(field(Op.STORE, "dram_addr")),
                              self.wr_cmd.payload.length.eq(field(Op.STORE, "length")),
@@ -524,7 +614,7 @@ class SerialBackEnd(wiring.Component):
                     m.d.sync += [copy_i.eq(0), st_ptr.eq(field(Op.STORE, "src"))]
                     m.next = "STORE_DATA"
             with m.State("STORE_DATA"):
-                m.d.sync += count("copy_cycles")
+                m.d.comb += count("copy_cycles")
                 m.d.comb += storing.eq(1)
                 with m.If(copy_i == field(Op.STORE, "length")):
                     m.next = "FETCH"
@@ -533,12 +623,12 @@ class SerialBackEnd(wiring.Component):
                     with m.If(self.wr_data.ready):
                         # read the next byte now, so it is there next cycle
                         m.d.comb += s_rd.addr.eq(st_ptr + 1)
-                        m.d.sync += [st_ptr.eq(st_ptr + 1), copy_i.eq(copy_i + 1),
-                                     count("dram_write_bytes"), count("scratch_reads")]
+                        m.d.sync += [st_ptr.eq(st_ptr + 1), copy_i.eq(copy_i + 1)]
+                        m.d.comb += [count("dram_write_bytes"), count("scratch_reads")]
 
             # ---- MATMUL ----------------------------------------------------------------------
             with m.State("MM_SETUP"):
-                m.d.sync += count("matmul_cycles")
+                m.d.comb += count("matmul_cycles")
 
                 def mm_done():
                     m.next = "MM_PARAMS_REQ"
@@ -546,7 +636,7 @@ class SerialBackEnd(wiring.Component):
                 mt = field(Op.MATMUL, "mt")
                 products([
                     (field(Op.MATMUL, "c0"), hw_in,
-                     lambda p: [cbase.eq(field(Op.MATMUL, "src") + p)]),
+                     lambda p: [corner.eq(field(Op.MATMUL, "src") + p - org)]),
                     (field(Op.MATMUL, "n0"), hw_out,
                      lambda p: [wr_ptr.eq(field(Op.MATMUL, "dst") + p + field(Op.MATMUL, "m0")),
                                 wr_jump.eq(hw_out + 1 - mt)]),
@@ -555,7 +645,7 @@ class SerialBackEnd(wiring.Component):
 
             with m.State("MM_PARAMS_REQ"):
                 # one output channel: its bias, multiplier and shift
-                m.d.sync += count("matmul_cycles")
+                m.d.comb += count("matmul_cycles")
                 with m.If(n_cnt == field(Op.MATMUL, "nt")):
                     m.next = "DRAIN"
                 with m.Elif(idle_pipe):
@@ -564,13 +654,13 @@ class SerialBackEnd(wiring.Component):
                         m.d.sync += [byte_idx.eq(0), field_i.eq(0), p_ptr.eq(p_ptr + 12)]
                         m.next = "MM_PARAMS"
                 with m.Else():
-                    m.d.sync += count("engine_stall_cycles")
+                    m.d.comb += count("engine_stall_cycles")
 
             with m.State("MM_PARAMS"):
-                m.d.sync += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
                 m.d.comb += take_bytes.eq(1)
                 with m.If(word_done):
-                    m.d.sync += [field_i.eq(field_i + 1), count("param_writes")]
+                    m.d.sync += field_i.eq(field_i + 1)
                     with m.Switch(field_i):
                         with m.Case(0):
                             m.d.sync += bias.eq(full_word)
@@ -581,25 +671,27 @@ class SerialBackEnd(wiring.Component):
                             m.next = "MM_WEIGHTS_REQ"
 
             with m.State("MM_WEIGHTS_REQ"):
-                m.d.sync += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
                 m.d.comb += dram_read(w_ptr, k_total)
                 with m.If(self.rd_cmd.ready):
                     m.d.sync += [w_ptr.eq(w_ptr + k_total), k_idx.eq(0)]
                     m.next = "MM_WEIGHTS"
 
             with m.State("MM_WEIGHTS"):
-                m.d.sync += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
                 m.d.comb += [take_bytes.eq(1), w_wr.addr.eq(k_idx),
                              w_wr.data.eq(self.rd_data.payload), w_wr.en.eq(got_byte)]
                 with m.If(got_byte):
-                    m.d.sync += [k_idx.eq(k_idx + 1), count("w_writes")]
+                    m.d.sync += k_idx.eq(k_idx + 1)
+                    m.d.comb += count("w_writes")
                     with m.If(k_idx + 1 == k_total):
-                        m.d.sync += [m_cnt.eq(0), *restart_pixels(cbase)]
+                        m.d.sync += m_cnt.eq(0)
+                        restart_pixels()
                         m.next = "MM_SKIP"
 
             with m.State("MM_SKIP"):
                 # walk to pixel m0 (raster order), one pixel a cycle
-                m.d.sync += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
                 with m.If(m_cnt == field(Op.MATMUL, "m0")):
                     m.d.sync += m_cnt.eq(0)
                     m.next = "MM_RUN"
@@ -608,8 +700,7 @@ class SerialBackEnd(wiring.Component):
                     step_pixel()
 
             with m.State("MM_RUN"):
-                m.d.sync += [count("matmul_cycles"), count("engine_busy_cycles"),
-                             count("macs_issued")]
+                m.d.comb += [count("matmul_cycles"), count("macs_issued")]
                 m.d.comb += [issue.eq(1), t_first.eq(k_idx == 0), t_last.eq(last_tap),
                              t_inside.eq(inside)]
                 with m.If(~last_tap):
@@ -624,7 +715,7 @@ class SerialBackEnd(wiring.Component):
             # ---- POOL ------------------------------------------------------------------------
             with m.State("TABLE_REQ"):
                 # max: the one (mult, shift) pair; average: the window's count's pair
-                m.d.sync += count("pool_cycles")
+                m.d.comb += count("pool_cycles")
                 # (the pair changes only when no earlier window is in the requantizer)
                 with m.If(idle_pipe):
                     m.d.comb += dram_read(field(Op.POOL, "p_addr")
@@ -633,7 +724,7 @@ class SerialBackEnd(wiring.Component):
                         m.d.sync += [byte_idx.eq(0), field_i.eq(0)]
                         m.next = "TABLE"
             with m.State("TABLE"):
-                m.d.sync += count("pool_cycles")
+                m.d.comb += count("pool_cycles")
                 m.d.comb += take_bytes.eq(1)
                 with m.If(word_done):
                     m.d.sync += field_i.eq(1)
@@ -647,12 +738,12 @@ class SerialBackEnd(wiring.Component):
                             m.next = "POOL_PUSH"
             with m.State("POOL_PUSH"):
                 # average: the window's sum, scaled by its count's pair
-                m.d.sync += count("pool_cycles")
+                m.d.comb += count("pool_cycles")
                 m.d.comb += push.eq(1)
                 m.next = "POOL_NEXT"
 
             with m.State("POOL_RUN"):
-                m.d.sync += count("pool_cycles")
+                m.d.comb += count("pool_cycles")
                 kind = field(Op.POOL, "kind")
                 with m.If((geom["out_h"] == 0) | (geom["out_w"] == 0) | (geom["in_c"] == 0)):
                     m.next = "DRAIN"           # nothing to do
@@ -664,19 +755,19 @@ class SerialBackEnd(wiring.Component):
                         step_tap()
                     with m.Elif(pool_max):
                         self._next_window(m, step_pixel, restart_pixels, last_ox, last_oy,
-                                          n_cnt, cbase, hw_in, geom, "POOL_RUN", "DRAIN")
+                                          n_cnt, geom, "POOL_RUN", "DRAIN")
                     with m.Else():
                         m.next = "TABLE_REQ"
 
             with m.State("POOL_NEXT"):
                 # average, after its push: the next window
-                m.d.sync += count("pool_cycles")
+                m.d.comb += count("pool_cycles")
                 self._next_window(m, step_pixel, restart_pixels, last_ox, last_oy, n_cnt,
-                                  cbase, hw_in, geom, "POOL_RUN", "DRAIN")
+                                  geom, "POOL_RUN", "DRAIN")
 
             # ---- ADD -------------------------------------------------------------------------
             with m.State("ADD_RUN"):
-                m.d.sync += count("add_cycles")
+                m.d.comb += count("add_cycles")
                 with m.If(m_cnt == field(Op.ADD, "length")):
                     m.next = "DRAIN"
                 with m.Else():
@@ -684,17 +775,20 @@ class SerialBackEnd(wiring.Component):
                     m.d.comb += [issue.eq(1), t_first.eq(~b_phase), t_last.eq(b_phase),
                                  t_b.eq(b_phase), t_inside.eq(1)]
                     m.d.sync += b_phase.eq(~b_phase)
+                    # a's address moves on once read, b's once read
+                    m.d.comb += move["add_b"].eq(b_phase)
+                    m.d.comb += move["add_a"].eq(~b_phase)
                     with m.If(b_phase):
-                        m.d.sync += [m_cnt.eq(m_cnt + 1), tap.eq(tap + 1), row.eq(row + 1)]
+                        m.d.sync += m_cnt.eq(m_cnt + 1)
 
             with m.State("DRAIN"):
                 # the last results through the pipeline and the requantizer
                 with m.If(is_add):
-                    m.d.sync += count("add_cycles")
+                    m.d.comb += count("add_cycles")
                 with m.Elif(is_mm):
-                    m.d.sync += count("matmul_cycles")
+                    m.d.comb += count("matmul_cycles")
                 with m.Else():
-                    m.d.sync += count("pool_cycles")
+                    m.d.comb += count("pool_cycles")
                 with m.If(idle_pipe):
                     m.next = "FETCH"
 
@@ -709,16 +803,16 @@ class SerialBackEnd(wiring.Component):
         return m
 
     @staticmethod
-    def _next_window(m, step_pixel, restart_pixels, last_ox, last_oy, n_cnt, cbase, hw_in,
-                     geom, run_state, end_state):
+    def _next_window(m, step_pixel, restart_pixels, last_ox, last_oy, n_cnt, geom,
+                     run_state, end_state):
         """POOL: after a window, the next one: the next pixel, or the next channel's first,
         or the end."""
         with m.If(~(last_ox & last_oy)):
             step_pixel()
             m.next = run_state
         with m.Elif(n_cnt + 1 != geom["in_c"]):
-            m.d.sync += [n_cnt.eq(n_cnt + 1), cbase.eq(cbase + hw_in),
-                         *restart_pixels(cbase + hw_in)]
+            m.d.sync += n_cnt.eq(n_cnt + 1)
+            restart_pixels(next_channel=True)
             m.next = run_state
         with m.Else():
             m.next = end_state

@@ -4,13 +4,12 @@ import json
 
 import numpy as np
 import pytest
-from amaranth.back import verilog
 
 from hoarfrost.gen.compiler import CompileLimits, compile_graph
 from hoarfrost.gen.onnx_import import import_onnx
 from hoarfrost.gen.quantize import quantize
 from hoarfrost.gen.traffic import dram_traffic
-from hoarfrost.hw.backend import BackEnd
+from hoarfrost.gen.outdir import backend_verilog
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.sim.backend_host import dram_image
 from hoarfrost.sim.golden import quantize_input, run_int
@@ -35,8 +34,8 @@ def run_on_verilator(qgraph, x_int8, tmp_path, stall_prob=0.2, config=CONFIG, sc
         vectors[f"expected_{i}"] = expected[i].reshape(-1)
     vectors["firmware_addr"] = firmware_addr
     np.savez(tmp_path / "vectors.npz", **vectors)
-    design = verilog.convert(BackEnd(config, scratch_bytes=scratch, param_depth=params),
-                             name="backend")
+    # (the serial back end on a serial configuration, as compile writes it)
+    design = backend_verilog(config, scratch, params)
     result = cocotb_run(design, "backend", "hoarfrost.sim.tb.backend_tb",
                         env={"HOARFROST_VECTORS": str(tmp_path / "vectors.npz"),
                              "HOARFROST_RESULTS": str(tmp_path / "results.json")}, seed=3)
@@ -69,8 +68,8 @@ def test_example_models_on_the_back_end_rtl(examples, model, tmp_path):
 @pytest.mark.parametrize("seed, preset", [(5, None), (6, None), (7, "icebreaker")])
 def test_random_networks_on_the_back_end_rtl(seed, preset, tmp_path):
     """Random geometry (kernel, stride, padding, depthwise), pooling and residual adds; on the
-    iCEBreaker preset too (compact fields, narrow indices and counters, ADD on the shared
-    multiplier, the saturating requantizer)."""
+    iCEBreaker preset too (the serial back end: compact fields, narrow indices and counters,
+    the saturating requantizer with held parameters)."""
     from hoarfrost.gen.config import PRESETS
     from test_backend import tiny_network
     rng = np.random.default_rng(seed)

@@ -6,7 +6,7 @@ import pytest
 
 from hoarfrost.gen.bench_gemm import bench_config
 from hoarfrost.gen.cli import main
-from hoarfrost.hw.config import ICEBREAKER, ULX3S
+from hoarfrost.hw.config import ICE40_ARRAY, ICEBREAKER, ULX3S
 from hoarfrost.sim.cycle_model import compute_phase_bound, predict_gemm
 
 
@@ -34,10 +34,13 @@ def test_model_meets_the_targets_on_the_benchmarked_shapes():
 
 
 def test_presets_differ_from_the_default_only_where_they_say():
-    assert (ICEBREAKER.rows, ICEBREAKER.cols, ULX3S.rows, ULX3S.cols) == (2, 2, 8, 8)
-    assert ICEBREAKER.acc_width == ULX3S.acc_width == 32
+    assert (ICE40_ARRAY.rows, ICE40_ARRAY.cols, ULX3S.rows, ULX3S.cols) == (2, 2, 8, 8)
+    assert ICE40_ARRAY.acc_width == ULX3S.acc_width == ICEBREAKER.acc_width == 32
     with pytest.raises(ValueError, match="exceeds the accumulator bank depth 64"):
-        ICEBREAKER.check_gemm(65, 1, 1)
+        ICE40_ARRAY.check_gemm(65, 1, 1)
+    # the iCEBreaker's preset: the serial back end with the array's savings, narrower
+    assert (ICEBREAKER.rows, ICEBREAKER.cols, ICEBREAKER.serial) == (1, 1, True)
+    assert (ICEBREAKER.dram_addr_bits, ICEBREAKER.index_bits, ICEBREAKER.a_depth) == (16, 13, 512)
 
 
 @pytest.mark.cosim

@@ -57,7 +57,7 @@ def test_the_ice40_top_has_its_spram_on_the_ports_and_the_ecp5_top_keeps_the_axi
     from hoarfrost.hw.stream_sram import StreamSram
 
     ice40 = BoardTop(PRESETS["icebreaker"], clk_freq=12_000_000, family="ice40").elaborate(None)
-    assert list(ice40._named_submodules) == ["link", "csr", "accel", "memory"]
+    assert list(ice40._named_submodules) == ["link", "csr", "accel", "counters", "memory"]
     memory = ice40.submodules.memory
     assert isinstance(memory, StreamSram)
     assert (memory.size, memory.data_width, memory.spram) == (64 * 1024, 16, True)

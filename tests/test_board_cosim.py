@@ -75,7 +75,8 @@ def test_the_driver_runs_the_cnn_through_the_uart_bit_exact(family, memory, exam
         weights=np.frombuffer(program.image, dtype=np.uint8),
         firmware=np.frombuffer(encode(program.commands), dtype=np.uint8),
         images=x.reshape(len(x), -1), input_addr=program.input_addr,
-        output_addr=program.output_addr, output_len=out_len, firmware_addr=firmware_addr)
+        output_addr=program.output_addr, output_len=out_len, firmware_addr=firmware_addr,
+        serial=int(config.backend.serial))
     if memory == "sdram":      # the chip model saw the traffic and raised on nothing
         assert record["sdram_commands"]["MODE"] == 1
         assert record["sdram_commands"]["READ"] > 0 and record["sdram_commands"]["WRITE"] > 0

@@ -70,7 +70,14 @@ def test_a_design_too_large_is_named(tmp_path):
         "cell type 'ICESTORM_LC'\n")
     assert build._why(tmp_path, RuntimeError("exit status 125")) == (
         "the design does not fit the FPGA: it needs 10,489 ICESTORM_LC cells, the device has "
-        "5,280 (logic: make the array smaller; on a small FPGA the sequencer itself may not fit)")
+        "5,280 (logic: make the array smaller, or build the serial back end (backend.serial))")
+    # the placer's form of the same (the iCEBreaker's serial top, 2026-11-23)
+    (tmp_path / "top.tim").write_text(
+        "Info: Device utilisation:\nInfo: \t         ICESTORM_LC:    5503/   5280   104%\n"
+        "ERROR: Failed to expand region (0, 0) |_> (25, 31) of 5503 ICESTORM_LCs\n")
+    assert build._why(tmp_path, RuntimeError("exit status 1")).startswith(
+        "the design does not fit the FPGA: it needs 5,503 ICESTORM_LC cells, the device has "
+        "5,280 (logic:")
     (tmp_path / "top.tim").write_text(
         "ERROR: Unable to place cell 'm', no BELs remaining to implement cell type "
         "'ICESTORM_RAM'\n")

@@ -14,7 +14,7 @@ from hoarfrost.gen.config import PRESETS, load_config
 from hoarfrost.gen.errors import HoarfrostError
 from hoarfrost.gen.onnx_import import import_onnx
 from hoarfrost.gen.quantize import quantize
-from hoarfrost.hw.config import ICEBREAKER, ULX3S
+from hoarfrost.hw.config import ICE40_ARRAY, ICEBREAKER, ULX3S
 from hoarfrost.sim.golden import run_int
 from hoarfrost.sim.rtl_run import command_cycles, energy_events, layer_cycles
 
@@ -379,8 +379,8 @@ def test_energy_events_from_counters():
                 "dram_read_bytes": 400, "dram_write_bytes": 12, "param_writes": 6,
                 "a_reads": 10, "a_writes": 5, "w_reads": 8, "w_writes": 4,
                 "acc_reads": 3, "acc_writes": 7}
-    # ICEBREAKER: a entries 2 x int8 (1/2 word), w entries 2 x int8 (1/2), acc words int32
-    assert energy_events(counters, ICEBREAKER) == {
+    # ICE40_ARRAY: a entries 2 x int8 (1/2 word), w entries 2 x int8 (1/2), acc words int32
+    assert energy_events(counters, ICE40_ARRAY) == {
         "mul8": 100, "add32": 100, "sram_read32": 10 + 5 + 4 + 3,
         "sram_write32": 2 + 2.5 + 2 + 7 + 6, "dram_read32": 100, "dram_write32": 3}
 
@@ -411,23 +411,52 @@ def test_debug_firmware_stores_every_layer_output(examples, cnn_out):
 
 
 def test_a_firmware_past_the_back_ends_address_bits_or_compact_fields_is_an_error():
-    """The iCEBreaker's back end keeps 17 address bits and compact fields: the compiler checks
+    """The iCEBreaker's back end keeps 16 address bits and compact fields: the compiler checks
     the DRAM image and every field before anything is written."""
     import dataclasses
     import types
 
     from hoarfrost.gen.outdir import check_fields
     board = PRESETS["icebreaker"]
-    assert board.backend.dram_addr_bits == 17 and board.backend.compact_fields
+    assert board.backend.dram_addr_bits == 16 and board.backend.compact_fields
     program = types.SimpleNamespace(dram_bytes=1000, commands=assemble("end"))
     check_fields(program, board)
-    with pytest.raises(HoarfrostError, match="needs 131076 bytes, more than the back end's 17 "
+    with pytest.raises(HoarfrostError, match="needs 65540 bytes, more than the back end's 16 "
                                              "address bits reach"):
-        check_fields(types.SimpleNamespace(dram_bytes=131072, commands=assemble("end")), board)
+        check_fields(types.SimpleNamespace(dram_bytes=65536, commands=assemble("end")), board)
     far = assemble("load dram_addr=200000 dst=0 length=4")
     with pytest.raises(HoarfrostError, match="compact fields: command 0 .LOAD.: dram_addr = "
-                                             "200000 does not fit the back end's 17-bit field"):
+                                             "200000 does not fit the back end's 16-bit field"):
         check_fields(types.SimpleNamespace(dram_bytes=0, commands=far), board)
     wide = dataclasses.replace(board, backend=dataclasses.replace(
         board.backend, dram_addr_bits=32, index_bits=16, compact_fields=False))
     check_fields(types.SimpleNamespace(dram_bytes=0, commands=far), wide)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("add src_a=0 src_b=8 dst=16 length=8 zp_a=0 zp_b=0 mult_a=70000 mult_b=1 shift=16 "
+     "zp_out=0 lo=-128 hi=127", "command 0 .ADD.: mult_a = 70000 does not fit the serial back "
+                                "end's 16 bits"),
+    ("pool src=0 dst=8 kind=0 zp_in=300 lo_in=-128 hi_in=127 p_addr=4294967295 zp_out=0",
+     "command 0 .POOL.: zp_in = 300 does not fit the serial back end's 9 bits"),
+    ("recv dst=0 pixels=4", "command 0 .RECV. is not built in the serial back end"),
+])
+def test_a_firmware_the_serial_back_end_cannot_run_is_an_error(text, message):
+    import types
+
+    from hoarfrost.gen.outdir import check_fields
+    with pytest.raises(HoarfrostError, match="does not suit the serial back end: " + message):
+        check_fields(types.SimpleNamespace(dram_bytes=0, commands=assemble(text)),
+                     PRESETS["icebreaker"])
+
+
+@pytest.mark.parametrize("option", [["--freeze", "1"], ["--sparse", "1"]])
+def test_freeze_and_sparse_need_the_systolic_back_end(examples, tmp_path, capsys, option):
+    out = tmp_path / "out"
+    assert main(["compile", str(examples / "digits_cnn.onnx"), "--calib",
+                 str(examples / "digits_calib.npy"), "--config", "icebreaker", *option,
+                 "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"hoarfrost: error: {option[0]} needs the systolic back end; --config "
+                   f"icebreaker builds the serial one (backend.serial = true)"]
+    assert not out.exists()

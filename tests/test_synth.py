@@ -166,10 +166,10 @@ def test_bench_synth_options_are_one_line_errors(capsys, argv, message):
 
 def test_bench_synth_reports_the_flow_figures_in_json(capsys, monkeypatch):
     # The flow itself is the slow test's; here a canned result checks what the bench builds
-    # (the iCEBreaker preset at 2x2) and what it puts in --json.
+    # (the iCE40 array preset at 2x2) and what it puts in --json.
     import hoarfrost.gen.synth as synth
     from hoarfrost.gen.cli import main
-    from hoarfrost.hw.config import ICEBREAKER
+    from hoarfrost.hw.config import ICE40_ARRAY
     from hoarfrost.hw.gemm_engine import GemmEngine
 
     pnr = parse_nextpnr_report(ICE40_REPORT)
@@ -191,7 +191,7 @@ def test_bench_synth_reports_the_flow_figures_in_json(capsys, monkeypatch):
                  "--no-sim", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert isinstance(seen["component"], GemmEngine)
-    assert seen["component"].config == ICEBREAKER
+    assert seen["component"].config == ICE40_ARRAY
     assert seen["target"] == "ice40" and seen["freq"] == 25.0      # the ice40 default
     s = summary["synth"]
     assert s["design"] == "GemmEngine" and s["luts"] == 135 and s["dsps"] == 1
@@ -202,7 +202,8 @@ def test_bench_synth_reports_the_flow_figures_in_json(capsys, monkeypatch):
 
 @pytest.mark.parametrize("target, preset", [("ecp5", "ulx3s-85f"), ("ice40", "icebreaker")])
 def test_bench_synth_backend_is_the_boards_configuration(capsys, monkeypatch, target, preset):
-    # --backend builds the BackEnd with the board preset's scratchpad and parameter buffers.
+    # --backend builds the (systolic) BackEnd with the board preset's scratchpad and parameter
+    # buffers; on the iCE40 with the array preset's widths (the iCEBreaker's own is serial).
     import hoarfrost.gen.synth as synth
     from hoarfrost.gen.cli import main
     from hoarfrost.gen.config import PRESETS
@@ -223,13 +224,15 @@ def test_bench_synth_backend_is_the_boards_configuration(capsys, monkeypatch, ta
             nextpnr_seconds=2.0)
 
     monkeypatch.setattr(synth, "synthesize_component", fake)
+    from hoarfrost.hw.config import ICE40_ARRAY
     board = PRESETS[preset]
-    rows = board.backend.rows
+    expected = ICE40_ARRAY if target == "ice40" else board.backend
+    rows = expected.rows
     assert main(["bench", "gemm", "--rows", str(rows), "--cols", str(rows), "--synth", target,
                  "--backend", "--no-sim", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     design = seen["component"]
-    assert isinstance(design, BackEnd) and design.config == board.backend
+    assert isinstance(design, BackEnd) and design.config == expected
     assert (design.scratch_bytes, design.param_depth) == (board.scratch_bytes, board.param_depth)
     assert summary["synth"]["design"] == "BackEnd"
 
