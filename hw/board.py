@@ -44,7 +44,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from amaranth import Module, Mux, Signal
+from amaranth import Cat, Module, Mux, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -207,9 +207,9 @@ class BoardTop(wiring.Component):
         narrow = {"addr_width": self.memory_bytes.bit_length() - 1} if ice40 else {}
         m.submodules.link = link = UartHostLink(clk_freq=self.clk_freq, baud=self.baud,
                                                 stream_port=bool(frozen), **narrow)
-        # A serial back end's counters live in a counter bank (block RAM), which the CSRs
-        # read one at a time: no flip-flops or multiplexer of 24-bit counters.
-        banked = len(SERIAL_COUNTERS) if self.serial else 0
+        # A serial back end's counters and the link's live in a counter bank (block RAM),
+        # which the CSRs read one at a time: no flip-flops or multiplexer of 24-bit counters.
+        banked = len(SERIAL_COUNTERS) + len(LINK_COUNTERS) if self.serial else 0
         m.submodules.csr = csr = ControlRegisters(
             counters=len(self.counter_names), bank_counters=banked,
             program_addr_bits=(self.memory_bytes - 1).bit_length())
@@ -219,9 +219,18 @@ class BoardTop(wiring.Component):
                                                  sparse_layers=self.sparse_layers,
                                                  counter_events=self.serial)
         if self.serial:
-            m.submodules.counters = bank = CounterBank(banked, cfg.backend.counter_width)
-            m.d.comb += [bank.events.eq(accel.events),
-                         bank.clear.eq(Mux(accel.events_clear, (1 << banked) - 1, 0)),
+            m.submodules.counters = bank = CounterBank(banked, cfg.backend.counter_width,
+                                                       clearable=len(SERIAL_COUNTERS))
+            # The link counts into its own counters; each count toggles their bit 0, which is
+            # all of them the bank needs (the rest is then unused and not built). The back
+            # end's counters restart at its start, the link's run on.
+            link_events = []
+            for counter in (link.frames, link.crc_errors, link.timeouts, link.uart_errors):
+                last = Signal()
+                m.d.sync += last.eq(counter[0])
+                link_events.append(counter[0] ^ last)
+            m.d.comb += [bank.events.eq(Cat(accel.events, *link_events)),
+                         bank.clear.eq(Mux(accel.events_clear, -1, 0)),
                          bank.rd_index.eq(csr.bank_index), csr.bank_value.eq(bank.rd_value)]
         if frozen:
             m.submodules.packer = packer = PixelPacker(frozen[0].in_channels)
@@ -257,12 +266,13 @@ class BoardTop(wiring.Component):
             connect_dram(m, accel, bridge)
         m.d.comb += [accel.start.eq(csr.start), accel.program_addr.eq(csr.program_addr),
                      csr.busy.eq(accel.busy), csr.done.eq(accel.done)]
-        values = [*(getattr(accel, name) for name in BACKEND_COUNTERS if not self.serial),
-                  link.frames, link.crc_errors, link.timeouts, link.uart_errors,
-                  *(getattr(accel, name) for name in FROZEN_COUNTERS if frozen),
-                  *(getattr(accel, name)
-                    for name in sparse_counter_names(len(self.sparse_layers)))]
-        m.d.comb += [csr.counters[i].eq(v) for i, v in enumerate(values)]
+        if not self.serial:
+            values = [*(getattr(accel, name) for name in BACKEND_COUNTERS),
+                      link.frames, link.crc_errors, link.timeouts, link.uart_errors,
+                      *(getattr(accel, name) for name in FROZEN_COUNTERS if frozen),
+                      *(getattr(accel, name)
+                        for name in sparse_counter_names(len(self.sparse_layers)))]
+            m.d.comb += [csr.counters[i].eq(v) for i, v in enumerate(values)]
 
         m.d.comb += [link.rx.eq(self.rx), self.tx.eq(link.tx), self.running.eq(accel.busy)]
         if platform is not None:

@@ -198,9 +198,9 @@ ICE40_ARRAY = dataclasses.replace(DEFAULT, rows=2, cols=2, a_depth=256, w_depth=
 #: iCEBreaker (iCE40 UP5K, 8 DSPs, 5,280 logic cells): the serial back end (one MAC a cycle,
 #: :class:`~hoarfrost.hw.serial_backend.SerialBackEnd`) with ICE40_ARRAY's savings, a
 #: 512-byte weight buffer (``a_depth``: the largest ``K = cg * kh * kw``), DRAM addresses in
-#: 16 bits (the board's 64 KB) and shapes in 13 (up to 8,191, the scratchpad's size).
+#: 16 bits (the board's 64 KB) and shapes and counts in 12 (up to 4,095).
 ICEBREAKER = dataclasses.replace(ICE40_ARRAY, rows=1, cols=1, a_depth=512, w_depth=2,
-                                 serial=True, dram_addr_bits=16, index_bits=13)
+                                 serial=True, dram_addr_bits=16, index_bits=12)
 
 #: ULX3S 85F (ECP5, 156 multipliers): an 8 x 8 array.
 ULX3S = dataclasses.replace(DEFAULT, rows=8, cols=8, a_depth=1024, w_depth=16, acc_depth=128)

@@ -8,8 +8,9 @@ carry (a flag set when its low bits wrap) into the RAM. With ``2**L > 2 * count`
 cannot wrap twice between two visits, so no carry is lost. A second read port of the RAM serves
 reads of any counter at any time, so no multiplexer of whole counters is built.
 
-(Perf-counter banks of this kind are usual in processors, e.g. the split low/high counters
-of CVA6's and Rocket's HPM CSRs; here the high parts share one RAM and one adder.)
+(Rocket Chip's ``WideCounter`` splits a counter the same way, a small low part that counts
+every event and a high part that counts its carries; here the high parts share one RAM and
+one adder.)
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ class CounterBank(wiring.Component):
         Number of counters.
     width : int
         Bits of each counter (it wraps).
+    clearable : int, optional
+        How many of the counters (the first) ``clear`` can clear; all by default. The others
+        run on from power-up.
     low_bits : int, optional
         Bits of each counter kept in flip-flops; by default the fewest with
         ``2**low_bits > 2 * count`` (what keeps every carry).
@@ -39,7 +43,7 @@ class CounterBank(wiring.Component):
     -------
     events : ``In(count)``
         Bit ``i``: counter ``i`` counts one this cycle.
-    clear : ``In(count)``
+    clear : ``In(clearable)``
         Bit ``i``: counter ``i`` is 0 from the next cycle on (its event of this cycle is not
         counted).
     rd_index : ``In(range(count))``
@@ -49,9 +53,14 @@ class CounterBank(wiring.Component):
         clears): a read has one cycle of latency, like a block RAM's.
     """
 
-    def __init__(self, count: int, width: int, *, low_bits: int | None = None):
+    def __init__(self, count: int, width: int, *, clearable: int | None = None,
+                 low_bits: int | None = None):
         if not isinstance(count, int) or count < 1:
             raise ValueError(f"count must be a positive integer, not {count!r}")
+        clearable = count if clearable is None else clearable
+        if not isinstance(clearable, int) or not 0 <= clearable <= count:
+            raise ValueError(f"clearable must be an integer from 0 to {count}, not "
+                             f"{clearable!r}")
         least = (2 * count).bit_length()          # 2**least > 2 * count
         if low_bits is None:
             low_bits = least
@@ -62,9 +71,10 @@ class CounterBank(wiring.Component):
             raise ValueError(f"width must be an integer above low_bits = {low_bits}, not "
                              f"{width!r}")
         self.count, self.width, self.low_bits = count, width, low_bits
+        self.clearable = clearable
         super().__init__({
             "events": In(count),
-            "clear": In(count),
+            "clear": In(max(clearable, 1)),
             "rd_index": In(range(count)),
             "rd_value": Out(width),
         })
@@ -99,15 +109,15 @@ class CounterBank(wiring.Component):
         for i in range(n):
             wrap = Signal(name=f"wrap{i}")
             m.d.comb += wrap.eq(self.events[i] & (lows[i] == (1 << low) - 1))
-            with m.If(self.clear[i]):
-                m.d.sync += [lows[i].eq(0), pending[i].eq(0), zero[i].eq(1)]
-            with m.Else():
-                with m.If(self.events[i]):
-                    m.d.sync += lows[i].eq(lows[i] + 1)
-                # a carry written back now leaves the flag, unless a new one arrives
-                m.d.sync += pending[i].eq(wrap | (pending[i] & ~writing[i]))
-                with m.If(writing[i]):
-                    m.d.sync += zero[i].eq(0)
+            with m.If(self.events[i]):
+                m.d.sync += lows[i].eq(lows[i] + 1)
+            # a carry written back now leaves the flag, unless a new one arrives
+            m.d.sync += pending[i].eq(wrap | (pending[i] & ~writing[i]))
+            with m.If(writing[i]):
+                m.d.sync += zero[i].eq(0)
+            if i < self.clearable:          # (a clear wins over all of the above)
+                with m.If(self.clear[i]):
+                    m.d.sync += [lows[i].eq(0), pending[i].eq(0), zero[i].eq(1)]
 
         # Reads: the RAM's second port and a snapshot of the flip-flop parts, both taken at
         # the edge that ends the cycle rd_index is presented (before its write-back).

@@ -7,7 +7,7 @@ same encoding, same DRAM image, compiled for a 1 x 1 array, whose weight layout 
 ``W[n, k]`` row-major) with one tap pipeline that every compute command shares:
 
 * ``MATMUL``: per output channel ``n`` it reads the channel's bias, multiplier and shift (12
-  bytes) and its ``K`` weights (into the weight buffer, ``k_depth`` bytes of block RAM), then
+  bytes) and its ``K`` weights (into the weight buffer, ``a_depth`` bytes of block RAM), then
   for each output pixel issues the ``K`` taps of its window, one a cycle, and pushes the sum
   into the requantizer; results go to the scratchpad in the order they were pushed (CHW, the
   pixels of one channel contiguous);
@@ -31,7 +31,14 @@ maximum and the element count); stage 3 pushes the finished window into the requ
 results are written in push order behind it. Windows follow each other without a gap, so a
 ``MATMUL`` takes ``K`` cycles per output. Every address and window position is a running sum
 stepped by strides that ``GEOM`` and the command's setup form on one shared multiplier, as
-the systolic back end does.
+the systolic back end does; the addresses step on one shared adder (a step moves one of
+them and restarts those below it at the same sum).
+
+Area (the iCEBreaker's top must fit 5,280 logic cells): the command fields are kept in the
+bits they need (:data:`SERIAL_KIND_BITS`, the configuration's compact widths), GEOM's
+setup-only fields are not copied, the requantizer takes its parameters from its input
+(``held_params``; every change of them waits for the pipeline to empty), and with
+``counter_events`` the counters are event strobes for a block-RAM counter bank.
 
 Timing is read off this FSM by :mod:`hoarfrost.sim.serial_model`.
 """
@@ -60,11 +67,12 @@ SERIAL_OPS = (Op.LOAD, Op.STORE, Op.GEOM, Op.MATMUL, Op.POOL, Op.ADD, Op.SYNC, O
 #: others read 0 (it has no GEMM engine buffers, parameter buffer, weight cache or feature
 #: stream). Three more are one of these (:data:`SERIAL_ALIASES`): every MAC it issues is useful
 #: (``macs_useful``, padding taps included as the golden model counts them), takes one cycle
-#: of the pipeline (``engine_busy_cycles``) and one weight-buffer read (``w_reads``).
+#: of the pipeline (``engine_busy_cycles``) and one weight-buffer read (``w_reads``); and
+#: ``engine_stall_cycles`` is the MATMUL cycles that issue none (``matmul_cycles -
+#: macs_issued``: loading parameters and weights, walking to ``m0``, draining).
 SERIAL_COUNTERS = ("cycles", "fetch_cycles", "matmul_cycles", "pool_cycles", "add_cycles",
                    "copy_cycles", "commands", "dram_read_bytes", "dram_write_bytes",
-                   "scratch_reads", "scratch_writes", "macs_issued", "engine_stall_cycles",
-                   "w_writes")
+                   "scratch_reads", "scratch_writes", "macs_issued", "w_writes")
 SERIAL_ALIASES = {"macs_useful": "macs_issued", "engine_busy_cycles": "macs_issued",
                   "w_reads": "macs_issued"}
 
@@ -98,8 +106,10 @@ def check_serial_fields(commands) -> None:
 def backend_counters(serial_values: dict[str, int]) -> dict[str, int]:
     """All of :data:`~hoarfrost.hw.backend.BACKEND_COUNTERS` from the serial back end's
     :data:`SERIAL_COUNTERS` (a board with a serial back end reads only those)."""
-    return {name: serial_values.get(SERIAL_ALIASES.get(name, name), 0)
-            for name in BACKEND_COUNTERS}
+    values = {name: serial_values.get(SERIAL_ALIASES.get(name, name), 0)
+              for name in BACKEND_COUNTERS}
+    values["engine_stall_cycles"] = values["matmul_cycles"] - values["macs_issued"]
+    return values
 
 
 _EXEC_OPS = [op for op in SERIAL_OPS if FIELDS[op]]
@@ -204,6 +214,8 @@ class SerialBackEnd(wiring.Component):
             for name in BACKEND_COUNTERS:
                 source = counters.get(SERIAL_ALIASES.get(name, name))
                 m.d.comb += getattr(self, name).eq(0 if source is None else source)
+            m.d.comb += self.engine_stall_cycles.eq(counters["matmul_cycles"]
+                                                    - counters["macs_issued"])
             for name, counter in counters.items():
                 with m.If(counters_clear):
                     m.d.sync += counter.eq(0)
@@ -448,7 +460,8 @@ class SerialBackEnd(wiring.Component):
         # results: written in push order
         wr_ptr = Signal(aw)
         wr_cnt = Signal(ib)           # MATMUL: the result's pixel within the channel's run
-        wr_jump = Signal(aw)          # MATMUL: from a channel's last result to the next's first
+        wr_jump = Signal(aw)          # MATMUL: from a channel's last result to the next's first,
+                                      # less one (the adder's carry-in adds it)
         inflight = Signal(3)          # pushed, not yet written
         m.d.comb += [s_wr.data.eq(rq.o_stream.payload), s_wr.addr.eq(wr_ptr)]
         with m.If(rq.o_stream.valid):
@@ -456,7 +469,7 @@ class SerialBackEnd(wiring.Component):
             m.d.sync += [wr_ptr.eq(wr_ptr + 1), wr_cnt.eq(wr_cnt + 1)]
             m.d.comb += count("scratch_writes")
             with m.If(is_mm & (wr_cnt + 1 == field(Op.MATMUL, "mt"))):
-                m.d.sync += [wr_ptr.eq(wr_ptr + wr_jump), wr_cnt.eq(0)]
+                m.d.sync += [wr_ptr.eq(wr_ptr + wr_jump + 1), wr_cnt.eq(0)]
         m.d.sync += inflight.eq(inflight + push - rq.o_stream.valid)
         idle_pipe = Signal()          # nothing in the taps' pipeline or the requantizer
         m.d.comb += idle_pipe.eq(~pipe_busy & (inflight == 0))
@@ -532,11 +545,13 @@ class SerialBackEnd(wiring.Component):
                         m.next = "STORE_REQ"
                     with m.Case(Op.GEOM):
                         g = {name: field(Op.GEOM, name) for name in FIELDS[Op.GEOM]}
+                        y_in, x_in = Signal(ib + 1), Signal(ib + 1)   # (one sum for both bounds)
+                        m.d.comb += [y_in.eq(g["in_h"] + g["pad_top"]),
+                                     x_in.eq(g["in_w"] + g["pad_left"])]
                         m.d.sync += [*(geom[name].eq(g[name]) for name in _GEOM_KEPT),
-                                     y_end.eq(g["in_h"] + g["pad_top"]),
-                                     x_end.eq(g["in_w"] + g["pad_left"]),
-                                     y_pad_end.eq(g["in_h"] + g["pad_top"] + g["pad_bottom"]),
-                                     x_pad_end.eq(g["in_w"] + g["pad_left"] + g["pad_right"])]
+                                     y_end.eq(y_in), x_end.eq(x_in),
+                                     y_pad_end.eq(y_in + g["pad_bottom"]),
+                                     x_pad_end.eq(x_in + g["pad_right"])]
                         m.next = "GEOM_SETUP"
                     with m.Case(Op.MATMUL):
                         p_addr = field(Op.MATMUL, "p_addr")
@@ -544,8 +559,10 @@ class SerialBackEnd(wiring.Component):
                             m.d.sync += [p_base.eq(p_addr), p_ptr.eq(p_addr)]
                         with m.Else():
                             m.d.sync += p_ptr.eq(p_base)
+                        # (src - org here, the same sum POOL's dispatch forms: + c0 * hw_in
+                        # in the setup)
                         m.d.sync += [n_cnt.eq(0), w_ptr.eq(field(Op.MATMUL, "w_addr")),
-                                     wr_cnt.eq(0)]
+                                     wr_cnt.eq(0), corner.eq(field(Op.MATMUL, "src") - org)]
                         m.next = "MM_SETUP"
                     with m.Case(Op.POOL):
                         origin = field(Op.POOL, "src") - org
@@ -636,10 +653,10 @@ class SerialBackEnd(wiring.Component):
                 mt = field(Op.MATMUL, "mt")
                 products([
                     (field(Op.MATMUL, "c0"), hw_in,
-                     lambda p: [corner.eq(field(Op.MATMUL, "src") + p - org)]),
+                     lambda p: [corner.eq(corner + p)]),
                     (field(Op.MATMUL, "n0"), hw_out,
                      lambda p: [wr_ptr.eq(field(Op.MATMUL, "dst") + p + field(Op.MATMUL, "m0")),
-                                wr_jump.eq(hw_out + 1 - mt)]),
+                                wr_jump.eq(hw_out - mt)]),
                     (field(Op.MATMUL, "cg"), khkw, lambda p: [k_total.eq(p)]),
                 ], mm_done)
 
@@ -653,11 +670,9 @@ class SerialBackEnd(wiring.Component):
                     with m.If(self.rd_cmd.ready):
                         m.d.sync += [byte_idx.eq(0), field_i.eq(0), p_ptr.eq(p_ptr + 12)]
                         m.next = "MM_PARAMS"
-                with m.Else():
-                    m.d.comb += count("engine_stall_cycles")
 
             with m.State("MM_PARAMS"):
-                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += count("matmul_cycles")
                 m.d.comb += take_bytes.eq(1)
                 with m.If(word_done):
                     m.d.sync += field_i.eq(field_i + 1)
@@ -671,14 +686,14 @@ class SerialBackEnd(wiring.Component):
                             m.next = "MM_WEIGHTS_REQ"
 
             with m.State("MM_WEIGHTS_REQ"):
-                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += count("matmul_cycles")
                 m.d.comb += dram_read(w_ptr, k_total)
                 with m.If(self.rd_cmd.ready):
                     m.d.sync += [w_ptr.eq(w_ptr + k_total), k_idx.eq(0)]
                     m.next = "MM_WEIGHTS"
 
             with m.State("MM_WEIGHTS"):
-                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += count("matmul_cycles")
                 m.d.comb += [take_bytes.eq(1), w_wr.addr.eq(k_idx),
                              w_wr.data.eq(self.rd_data.payload), w_wr.en.eq(got_byte)]
                 with m.If(got_byte):
@@ -691,7 +706,7 @@ class SerialBackEnd(wiring.Component):
 
             with m.State("MM_SKIP"):
                 # walk to pixel m0 (raster order), one pixel a cycle
-                m.d.comb += [count("matmul_cycles"), count("engine_stall_cycles")]
+                m.d.comb += count("matmul_cycles")
                 with m.If(m_cnt == field(Op.MATMUL, "m0")):
                     m.d.sync += m_cnt.eq(0)
                     m.next = "MM_RUN"

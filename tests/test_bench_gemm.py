@@ -40,7 +40,7 @@ def test_presets_differ_from_the_default_only_where_they_say():
         ICE40_ARRAY.check_gemm(65, 1, 1)
     # the iCEBreaker's preset: the serial back end with the array's savings, narrower
     assert (ICEBREAKER.rows, ICEBREAKER.cols, ICEBREAKER.serial) == (1, 1, True)
-    assert (ICEBREAKER.dram_addr_bits, ICEBREAKER.index_bits, ICEBREAKER.a_depth) == (16, 13, 512)
+    assert (ICEBREAKER.dram_addr_bits, ICEBREAKER.index_bits, ICEBREAKER.a_depth) == (16, 12, 512)
 
 
 @pytest.mark.cosim

@@ -621,3 +621,49 @@ def test_argument_errors_quote_the_value():
                                          "not 300$"):
         ControlRegisters(counters=300)
     gc.collect()  # the blocks that refused their arguments warn when collected; let them here
+
+
+def test_control_registers_read_banked_counters_and_keep_the_address_bits():
+    """``bank_counters``: counters 0 and 1 come from a CounterBank (one cycle of latency, as
+    the register read has), counter 2 from its input; ``PROGRAM_ADDR`` keeps 16 bits."""
+    from amaranth import Module
+    from amaranth.sim import Simulator
+
+    from hoarfrost.hw.counter_bank import CounterBank
+    m = Module()
+    m.submodules.regs = regs = ControlRegisters(counters=3, bank_counters=2,
+                                                program_addr_bits=16)
+    m.submodules.bank = bank = CounterBank(2, 24)
+    m.d.comb += [bank.rd_index.eq(regs.bank_index), regs.bank_value.eq(bank.rd_value),
+                 regs.counters[0].eq(777)]
+    got = {}
+
+    async def bench(ctx):
+        csr = regs.csr
+        ctx.set(bank.events, 0b01)                # counter 0 counts every cycle, 1 never
+        for _ in range(100):
+            await ctx.tick()
+        ctx.set(bank.events, 0)
+        await ctx.tick()
+
+        async def access(index, value=None):
+            ctx.set(csr.addr, index)
+            ctx.set(csr.we, value is not None)
+            ctx.set(csr.wdata, value or 0)
+            ctx.set(csr.valid, 1)
+            await ctx.tick()
+            ctx.set(csr.valid, 0)
+            assert ctx.get(csr.rvalid) == (value is None)
+            return ctx.get(csr.rdata)
+
+        for k in range(3):
+            got[k] = await access(Csr.COUNTER_BASE + k)
+        got["count"] = await access(Csr.COUNTER_COUNT)
+        await access(Csr.PROGRAM_ADDR, 0x1234_5678)
+        got["addr"] = await access(Csr.PROGRAM_ADDR)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    sim.add_testbench(bench)
+    sim.run()
+    assert got == {0: 100, 1: 0, 2: 777, "count": 3, "addr": 0x5678}
