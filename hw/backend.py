@@ -100,6 +100,26 @@ def control_and_dram_ports() -> dict:
     }
 
 
+def setup_products(m, step, multiplier, steps, done) -> None:
+    """The body of a setup state that forms products on a shared registered multiplier
+    ``multiplier = (a, b, p)`` (``p`` is ``a * b`` two cycles after the operands): ``steps``
+    are ``(a, b, take)``, issued one a cycle, counted by the register ``step``; ``take(p)``
+    gives the statements that take the product two cycles later (a step may use what a step
+    three or more before it took). ``done()`` runs in the last cycle."""
+    mul_a, mul_b, mul_p = multiplier
+    m.d.sync += step.eq(step + 1)
+    with m.Switch(step):
+        for i in range(len(steps) + 2):
+            with m.Case(i):
+                if i < len(steps):
+                    m.d.sync += [mul_a.eq(steps[i][0]), mul_b.eq(steps[i][1])]
+                if i >= 2:
+                    m.d.sync += steps[i - 2][2](mul_p)
+                if i == len(steps) + 1:
+                    m.d.sync += step.eq(0)
+                    done()
+
+
 class BackEnd(wiring.Component):
     """Sequencer, GEMM engine, scalar unit and scratchpad.
 
@@ -308,20 +328,7 @@ class BackEnd(wiring.Component):
             return Mux(value >= SAT, SAT, value)
 
         def products(steps, done):
-            """The body of a setup state: ``steps`` are ``(a, b, take)``, issued one a cycle;
-            ``take(p)`` gives the statements that take ``p = a * b`` two cycles later (a step may
-            use what a step three or more before it took). ``done()`` runs in the last cycle."""
-            m.d.sync += setup_step.eq(setup_step + 1)
-            with m.Switch(setup_step):
-                for i in range(len(steps) + 2):
-                    with m.Case(i):
-                        if i < len(steps):
-                            m.d.sync += [mul_a.eq(steps[i][0]), mul_b.eq(steps[i][1])]
-                        if i >= 2:
-                            m.d.sync += steps[i - 2][2](mul_p)
-                        if i == len(steps) + 1:
-                            m.d.sync += setup_step.eq(0)
-                            done()
+            setup_products(m, setup_step, (mul_a, mul_b, mul_p), steps, done)
 
         def ceil_div(value, d):
             """``ceil(value / d)`` for a constant ``d`` (a shift when it is a power of two)."""

@@ -23,7 +23,10 @@ The UP5K (5,280 logic cells) has no room for the AXI path, which an on-chip RAM 
 its bridge, share, host adapter and AXI memory take some 2,200 LUT4 (yosys ``synth_ice40
 -noabc -noflatten``), :class:`~hoarfrost.hw.stream_sram.StreamSram` about 210; synthesized whole
 (``-dsp -abc9``) the iCEBreaker's top went from 10,649 LUT4 to 9,261, and from 14,023 logic
-cells to 11,930 as nextpnr packs them.
+cells to 11,930 as nextpnr packs them. With a serial back end (the iCEBreaker's preset) the
+back end's counters and the link's are counted in a
+:class:`~hoarfrost.hw.counter_bank.CounterBank` that the CSRs read: the top fits the UP5K
+(5,194 logic cells).
 
 The host (:mod:`hoarfrost.firmware.host`) writes the firmware, the weights and the input into
 the memory over the UART, sets ``PROGRAM_ADDR``, pulses ``CTRL.start``, polls ``STATUS`` and

@@ -52,7 +52,7 @@ from amaranth.lib.wiring import In, Out
 
 from hoarfrost.firmware.isa import (FIELD_KINDS, FIELDS, POOL_AVG_PAD, POOL_MAX, SIGNED, IsaError,
                                     Op, field_bits)
-from hoarfrost.hw.backend import BACKEND_COUNTERS, control_and_dram_ports
+from hoarfrost.hw.backend import BACKEND_COUNTERS, control_and_dram_ports, setup_products
 from hoarfrost.hw.config import BackendConfig
 from hoarfrost.hw.requant import Requantizer
 from hoarfrost.sim.arith import MULTIPLIER_BITS
@@ -272,19 +272,7 @@ class SerialBackEnd(wiring.Component):
         setup_step = Signal(4)
 
         def products(steps, done):
-            """``steps`` are ``(a, b, take)``, issued one a cycle; ``take(p)`` gives the
-            statements taking ``p = a * b`` two cycles later. ``done()`` runs in the last."""
-            m.d.sync += setup_step.eq(setup_step + 1)
-            with m.Switch(setup_step):
-                for i in range(len(steps) + 2):
-                    with m.Case(i):
-                        if i < len(steps):
-                            m.d.sync += [mul_a.eq(steps[i][0]), mul_b.eq(steps[i][1])]
-                        if i >= 2:
-                            m.d.sync += steps[i - 2][2](mul_p)
-                        if i == len(steps) + 1:
-                            m.d.sync += setup_step.eq(0)
-                            done()
+            setup_products(m, setup_step, (mul_a, mul_b, mul_p), steps, done)
 
         # strides of the geometry (GEOM) and of the command (MATMUL setup)
         hw_in = Signal(aw)            # in_h * in_w: one channel
