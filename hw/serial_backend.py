@@ -45,10 +45,10 @@ Timing is read off this FSM by :mod:`hoarfrost.sim.serial_model`.
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
-from amaranth.lib import stream, wiring
+from amaranth import Array, Cat, Module, Mux, Signal, signed
+from amaranth.lib import wiring
 from amaranth.lib.memory import Memory
-from amaranth.lib.wiring import In, Out
+from amaranth.lib.wiring import Out
 
 from hoarfrost.firmware.isa import (FIELD_KINDS, FIELDS, POOL_AVG_PAD, POOL_MAX, SIGNED, IsaError,
                                     Op, field_bits)
