@@ -296,7 +296,7 @@ class SerialBackEnd(wiring.Component):
         yb, xb = Signal(ib + 3), Signal(ib + 3)           # oy * sh, ox * sw (saturating)
         line = Signal(aw)             # address of the current output row's window (0, 0) tap
         pix = Signal(aw)              # ... of the current pixel's
-        kx, ky, kc = Signal(ib), Signal(ib), Signal(ib)
+        kx, ky = Signal(ib), Signal(ib)
         kxd, kyd = Signal(ib + 3), Signal(ib + 3)         # kx * dw, ky * dh (saturating)
         tap = Signal(aw)              # address of the tap (ADD: of a's element)
         row = Signal(aw)              # of the tap's kernel row's first tap (ADD: b's element)
@@ -347,7 +347,7 @@ class SerialBackEnd(wiring.Component):
 
         def restart_taps():
             """The tap counters back at the window's first tap."""
-            return [kx.eq(0), ky.eq(0), kc.eq(0), kxd.eq(0), kyd.eq(0), k_idx.eq(0)]
+            return [kx.eq(0), ky.eq(0), kxd.eq(0), kyd.eq(0), k_idx.eq(0)]
 
         def step_tap():
             """The next tap of the window (kx fastest, then ky, then the channel)."""
@@ -359,7 +359,7 @@ class SerialBackEnd(wiring.Component):
                 m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(ky + 1), kyd.eq(sat(kyd + geom["dh"]))]
                 m.d.comb += move["tap_y"].eq(1)
             with m.Else():
-                m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(0), kyd.eq(0), kc.eq(kc + 1)]
+                m.d.sync += [kx.eq(0), kxd.eq(0), ky.eq(0), kyd.eq(0)]
                 m.d.comb += move["tap_c"].eq(1)
 
         def step_pixel():
